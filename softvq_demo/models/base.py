@@ -1,0 +1,98 @@
+"""What every tokenizer and generator in this package exposes.
+
+Tokenizers (SoftVQ-VAE, TiTok) take images B×3×H×W in [-1, 1] and give B×N×D latents; generators
+(SiT, MaskGIT) produce what a tokenizer decodes. The app, the CLI and the analysis code talk to
+models only through these attributes and methods, so a new family plugs in by subclassing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Encoded:
+    """Output of ``Tokenizer.encode``.
+
+    latents: B×N×D floats, what ``decode`` and (after ``normalize``) a generator consume.
+    probs:   B×N×V soft posteriors over each token's codebook (SoftVQ only).
+    indices: B×N int64 codeword ids in token order (argmax of ``probs`` for SoftVQ, the nearest
+             codeword for TiTok VQ); None for quantizer-free (VAE) models.
+    extras:  family-specific tensors (pre-quantization features, posterior log-variance, ...).
+    """
+
+    latents: torch.Tensor
+    probs: Optional[torch.Tensor] = None
+    indices: Optional[torch.Tensor] = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Tokenizer(nn.Module):
+    """Base class of 1D image tokenizers."""
+
+    family: str = "tokenizer"  # "softvq" | "titok"
+    # State-dict prefixes that exist in released checkpoints but are unused at inference.
+    training_only_prefixes: tuple[str, ...] = ()
+    # Buffers that official checkpoints may or may not carry (e.g. usage counters).
+    optional_keys: tuple[str, ...] = ()
+
+    config: dict[str, Any]
+    image_size: int
+    num_tokens: int
+    token_dim: int
+    codebook_size: Optional[int] = None  # None for continuous (VAE) tokenizers
+    num_codebooks: int = 1
+
+    def encode(self, images: torch.Tensor) -> Encoded:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # Generators work on normalised latents; identity unless the config says otherwise.
+    latent_mean: float = 0.0
+    latent_std: float = 1.0
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.family == "titok" and self.codebook_size is not None and not self.is_vae
+
+    @property
+    def is_vae(self) -> bool:
+        return False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images).latents)
+
+    def describe(self) -> str:
+        kind = f"{self.num_codebooks}×{self.codebook_size} codewords" if self.codebook_size else "continuous"
+        return (f"{self.family} · {self.image_size}px · {self.num_tokens} tokens × {self.token_dim} dims · "
+                f"{kind}")
+
+
+class Generator(nn.Module):
+    """Base class of class-conditional generators over 1D tokens."""
+
+    family: str = "generator"  # "sit" | "maskgit"
+    training_only_prefixes: tuple[str, ...] = ()
+    optional_keys: tuple[str, ...] = ()
+
+    config: dict[str, Any]
+    num_tokens: int
+    num_classes: int
+    token_dim: Optional[int] = None      # SiT: latent channels it models
+    codebook_size: Optional[int] = None  # MaskGIT: vocabulary of image tokens
+    class_names: Optional[list[str]] = None
+
+    def describe(self) -> str:
+        what = f"{self.token_dim} dims" if self.token_dim else f"{self.codebook_size} codes"
+        return f"{self.family} · {self.num_tokens} tokens × {what} · {self.num_classes} classes"

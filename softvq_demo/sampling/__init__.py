@@ -1,0 +1,141 @@
+"""Sampling entry points shared by every generator family.
+
+``sample(gen, labels, ...)`` runs the generator's own sampler and returns generator-space tokens
+(SiT: normalised latents; MaskGIT: token ids). ``generate(gen, tok, labels, ...)`` adds the
+decode and the timings the app shows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..device import autocast, module_device
+from ..models.base import Generator, Tokenizer
+from .flow import METHODS, PATHS, network_evaluations, sample_flow
+
+Labels = Union[torch.Tensor, Sequence[int], int]
+Seed = Union[int, torch.Generator, None]
+
+# SiT defaults: a quick interactive setting; the paper's numbers use sde/250/cfg 1.75/high 0.7.
+SIT_DEFAULTS = dict(steps=50, method="euler", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7)
+
+
+def check_pair(tokenizer: Tokenizer, generator: Generator) -> None:
+    """Raise ValueError saying why a generator cannot produce tokens for this tokenizer."""
+    tf, gf = tokenizer.family, generator.family
+    if gf == "sit":
+        if tokenizer.is_discrete:
+            raise ValueError(f"SiT generates continuous latents; {tf} tokenizer is discrete (VQ)")
+        if tf == "titok" and not tokenizer.is_vae:
+            raise ValueError("SiT generates continuous latents; this TiTok tokenizer is VQ")
+    elif gf == "maskgit":
+        if not tokenizer.is_discrete:
+            raise ValueError(f"MaskGIT generates discrete token ids; the {tf} tokenizer has "
+                             "continuous tokens")
+        if generator.codebook_size != tokenizer.codebook_size:
+            raise ValueError(f"codebook size mismatch: generator predicts {generator.codebook_size} "
+                             f"codes, tokenizer has {tokenizer.codebook_size}")
+    if generator.num_tokens != tokenizer.num_tokens:
+        raise ValueError(f"token count mismatch: generator makes {generator.num_tokens} tokens, "
+                         f"tokenizer uses {tokenizer.num_tokens}")
+    if gf == "sit" and generator.token_dim != tokenizer.token_dim:
+        raise ValueError(f"token dim mismatch: generator makes {generator.token_dim}-dim tokens, "
+                         f"tokenizer uses {tokenizer.token_dim}")
+
+
+def as_labels(labels: Labels, num_classes: int, device: torch.device) -> torch.Tensor:
+    if isinstance(labels, int):
+        labels = [labels]
+    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if y.numel() == 0:
+        raise ValueError("no class labels given")
+    bad = [int(v) for v in y if not 0 <= int(v) < num_classes]
+    if bad:
+        raise ValueError(f"class id(s) {bad[:5]} out of range: this generator has {num_classes} "
+                         f"classes (0..{num_classes - 1})")
+    return y.to(device)
+
+
+def make_rng(seed: Seed) -> Optional[torch.Generator]:
+    """Seeds become CPU generators so the same seed gives the same images on any device."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(int(seed))
+
+
+def sample(generator: Generator, labels: Labels, *, seed: Seed = None,
+           noise: Optional[torch.Tensor] = None, progress: Optional[Callable[[int, int], None]] = None,
+           **options) -> torch.Tensor:
+    """Run a generator's sampler. SiT options: steps, method (euler|heun|sde), cfg_scale,
+    guidance_low, guidance_high, path; MaskGIT options: steps, guidance_scale, guidance_decay,
+    randomize_temperature."""
+    device = module_device(generator)
+    y = as_labels(labels, generator.num_classes, device)
+    rng = make_rng(seed)
+    if generator.family == "sit":
+        opts = {**SIT_DEFAULTS, "path": generator.path_type, **options}
+        if noise is None:
+            shape = (y.shape[0], generator.num_tokens, generator.token_dim)
+            noise = torch.randn(shape, generator=rng, device=rng.device if rng else device)
+        noise = noise.to(device)
+        with autocast(device):
+            x = sample_flow(generator, noise, y, null_class=generator.null_class, rng=rng,
+                            progress=progress, **opts)
+        return x.to(torch.float32)
+    if generator.family == "maskgit":
+        from .maskgit import sample_maskgit
+        return sample_maskgit(generator, y, seed=rng, progress=progress, **options)
+    raise ValueError(f"no sampler for generator family {generator.family!r}")
+
+
+@dataclass
+class Generation:
+    images: torch.Tensor                 # B×3×H×W in [-1, 1]
+    tokens: torch.Tensor                 # generator-space tokens (normalised latents or ids)
+    labels: torch.Tensor
+    timings: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed: Seed = None,
+             progress: Optional[Callable[[int, int], None]] = None, **options) -> Generation:
+    """Sample tokens and decode them to images, timing both on the device they ran on."""
+    check_pair(tokenizer, generator)
+    device = module_device(generator)
+    y = as_labels(labels, generator.num_classes, device)
+    _sync(device)
+    start = time.perf_counter()
+    tokens = sample(generator, y, seed=seed, progress=progress, **options)
+    _sync(device)
+    mid = time.perf_counter()
+    tok_device = module_device(tokenizer)
+    with autocast(tok_device):
+        if generator.family == "sit":
+            images = tokenizer.decode(tokenizer.denormalize(tokens.to(tok_device)))
+        else:
+            images = tokenizer.decode(tokens.to(tok_device))
+    images = images.float().clamp(-1, 1)
+    _sync(tok_device)
+    end = time.perf_counter()
+    steps = options.get("steps", SIT_DEFAULTS["steps"] if generator.family == "sit"
+                        else generator.config.get("model", {}).get("generator", {}).get("num_steps", 8))
+    n = int(y.shape[0])
+    timings = dict(generator_s=mid - start, decode_s=end - mid, total_s=end - start,
+                   images_per_s=n / max(end - start, 1e-9), ms_per_step=1000 * (mid - start) / max(steps, 1),
+                   steps=steps, batch=n, device=str(device))
+    if generator.family == "sit":
+        opts = {**SIT_DEFAULTS, **options}
+        timings["network_evals"] = network_evaluations(opts["steps"], opts["method"], opts["cfg_scale"],
+                                                       opts["guidance_low"], opts["guidance_high"])
+    return Generation(images=images, tokens=tokens, labels=y, timings=timings)
+
+
+__all__ = ["sample", "generate", "check_pair", "Generation", "METHODS", "PATHS", "SIT_DEFAULTS"]
