@@ -36,29 +36,32 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- resolving a source
-def resolve_source(source: PathLike, *, allow_local: bool = True, allow_hub: bool = True,
-                   progress: bool = True) -> Path:
-    """Turn a source into a local folder that holds ``config.json`` and ``model.safetensors``."""
+def resolve_source(source: PathLike, *, allow_local: bool = True, catalogue_only: bool = False,
+                   progress: bool = True, cache_dir: Optional[PathLike] = None) -> Path:
+    """Turn a source into a local folder that holds ``config.json`` and ``model.safetensors``.
+
+    The app passes ``allow_local=False, catalogue_only=True`` for requests from a browser, so no
+    path and no arbitrary Hub repo can be reached from there.
+    """
     from .catalogue import find_entry  # local import: catalogue imports nothing from here
 
     text = str(source).strip()
     if not text:
         raise CheckpointError("empty model source")
-    path = Path(text).expanduser()
-    if allow_local and path.exists():
-        if path.is_file():  # a path to config.json or model.safetensors names its folder
-            path = path.parent
-        return path
     entry = find_entry(text)
+    if entry is None and catalogue_only:
+        raise CheckpointError(f"{text!r} is not a model in the catalogue")
+    if entry is None and allow_local:
+        path = Path(text).expanduser()
+        if path.exists():  # a path to config.json or model.safetensors names its folder
+            return path.parent if path.is_file() else path
     if entry is not None:
         if entry.local_path is not None:
             return entry.local_path
         text = entry.repo_id
-    elif not allow_local and (os.sep in text.replace("/", "", 1) or text.startswith((".", "~"))):
-        raise CheckpointError(f"{text!r}: local paths are not accepted here")
-    if "/" in text and allow_hub and _looks_like_repo_id(text):
-        return download_from_hub(text, progress=progress)
-    if allow_local and ("/" in text or os.sep in text or text.startswith(".")):
+    if _looks_like_repo_id(text):
+        return download_from_hub(text, progress=progress, cache_dir=cache_dir)
+    if allow_local and (os.sep in text or "/" in text or text.startswith((".", "~"))):
         raise CheckpointError(f"{text!r}: no such folder, and not a model in the catalogue")
     raise CheckpointError(f"unknown model {text!r}: give a folder, a catalogue name "
                           "(python -m softvq_demo models) or a Hub repo id")
@@ -69,7 +72,8 @@ def _looks_like_repo_id(text: str) -> bool:
     return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
 
 
-def download_from_hub(repo_id: str, *, progress: bool = True) -> Path:
+def download_from_hub(repo_id: str, *, progress: bool = True,
+                      cache_dir: Optional[PathLike] = None) -> Path:
     """Fetch config + safetensors weights (never pickles) into the local Hub cache.
 
     ``HF_HUB_OFFLINE=1`` is honoured by huggingface_hub itself: it then answers from the cache.
@@ -81,7 +85,7 @@ def download_from_hub(repo_id: str, *, progress: bool = True) -> Path:
         raise CheckpointError("huggingface_hub is not installed") from err
     (enable_progress_bars if progress else disable_progress_bars)()
     try:
-        folder = snapshot_download(repo_id, allow_patterns=HUB_FILES)
+        folder = snapshot_download(repo_id, allow_patterns=HUB_FILES, cache_dir=cache_dir)
     except Exception as err:  # network, auth, offline cache miss: one readable line
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else \

@@ -1,0 +1,161 @@
+"""Command line: ``python -m softvq_demo reconstruct|generate|models``.
+
+Every expected failure (missing file, not an image, unknown model, mismatched pair, bad value)
+ends in one ``error:`` line and exit status 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm.auto import tqdm
+
+
+def _parse_classes(text: str) -> list[int]:
+    try:
+        classes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes takes comma-separated integers, got {text!r}")
+    if not classes:
+        raise argparse.ArgumentTypeError("--classes is empty")
+    return classes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m softvq_demo",
+                                     description="Reconstruct and generate with 1D image tokenizers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="encode and decode images")
+    rec.add_argument("images", nargs="+", help="image files")
+    rec.add_argument("--tokenizer", default="textscenes-softvq-32",
+                     help="folder, catalogue name or Hub id (default: %(default)s)")
+    rec.add_argument("--out", default="out", help="output folder (default: %(default)s)")
+    rec.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
+
+    gen = sub.add_parser("generate", help="class-conditional generation")
+    gen.add_argument("--generator", default="textscenes-sit")
+    gen.add_argument("--tokenizer", default=None, help="default: the generator's paired tokenizer")
+    gen.add_argument("--classes", type=_parse_classes, default=[0], help="e.g. 207,360")
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--cfg", type=float, default=None, help="guidance scale")
+    gen.add_argument("--sampler", default=None, help="SiT: euler, heun, sde")
+    gen.add_argument("--guidance-low", type=float, default=None)
+    gen.add_argument("--guidance-high", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", default="out")
+    gen.add_argument("--device", default=None)
+
+    sub.add_parser("models", help="list the catalogue")
+    return parser
+
+
+def cmd_models() -> None:
+    from .catalogue import CATALOGUE
+
+    print(f"{'name':28} {'kind':10} {'family':8} {'px':>4} {'tok':>4} {'dim':>4} {'codes':>6} "
+          f"{'rFID':>5} {'gFID':>5}  source")
+    for e in CATALOGUE:
+        fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        src = f"checkpoints/{e.embedded}" if e.embedded else e.repo_id
+        print(f"{e.name:28} {e.kind:10} {e.family:8} {e.image_size:>4} {e.num_tokens:>4} "
+              f"{fmt(e.token_dim):>4} {fmt(e.codebook_size):>6} {fmt(e.rfid):>5} {fmt(e.gfid):>5}  {src}")
+
+
+def cmd_reconstruct(args) -> None:
+    import torch
+
+    from .analysis.metrics import psnr
+    from .data.images import load_image, to_model_input, to_pil
+    from .device import autocast
+    from .loading import load_tokenizer
+
+    paths = [Path(p) for p in args.images]
+    for p in paths:  # fail before loading a model
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+    tok = load_tokenizer(args.tokenizer, device=args.device)
+    device = next(tok.parameters()).device
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in tqdm(paths, desc="reconstruct", unit="img"):
+        x, how = to_model_input(load_image(p), tok.image_size)
+        with torch.no_grad(), autocast(device):
+            y = tok.decode(tok.encode(x.to(device)).latents).float().clamp(-1, 1).cpu()
+        to_pil(y[0]).save(out / f"{p.stem}_recon.png")
+        to_pil(x[0]).save(out / f"{p.stem}_input.png")
+        tqdm.write(f"{p.name}: {how}; PSNR {float(psnr(y, x)):.2f} dB -> {out / (p.stem + '_recon.png')}")
+
+
+def cmd_generate(args) -> None:
+    from .catalogue import find_entry
+    from .data.images import to_pil
+    from .loading import load_generator, load_tokenizer
+    from .sampling import check_pair, generate
+
+    gen = load_generator(args.generator, device=args.device)
+    tok_src = args.tokenizer
+    if tok_src is None:
+        entry = find_entry(args.generator)
+        if entry is None or entry.pair is None:
+            raise ValueError("--tokenizer is required for a generator outside the catalogue")
+        tok_src = entry.pair
+    tok = load_tokenizer(tok_src, device=args.device)
+    check_pair(tok, gen)
+    options = {}
+    if gen.family == "sit":
+        for key, value in (("steps", args.steps), ("cfg_scale", args.cfg), ("method", args.sampler),
+                           ("guidance_low", args.guidance_low), ("guidance_high", args.guidance_high)):
+            if value is not None:
+                options[key] = value
+    else:
+        if args.sampler is not None:
+            raise ValueError("--sampler applies to SiT generators only")
+        for key, value in (("steps", args.steps), ("guidance_scale", args.cfg)):
+            if value is not None:
+                options[key] = value
+    bar = tqdm(desc="sampling", unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    result = generate(gen, tok, args.classes, seed=args.seed, progress=progress, **options)
+    bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = gen.class_names
+    for i, (img, c) in enumerate(zip(result.images, result.labels.tolist())):
+        label = f"_{names[c]}" if names and c < len(names) else ""
+        to_pil(img).save(out / f"{i:03d}_class{c}{label}.png")
+    t = result.timings
+    print(f"{len(result.images)} images -> {out}/ | generator {t['generator_s']:.3f} s, decode "
+          f"{t['decode_s']:.3f} s, {t['images_per_s']:.2f} img/s, {t['ms_per_step']:.1f} ms/step "
+          f"on {t['device']}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "models":
+            cmd_models()
+        elif args.command == "reconstruct":
+            cmd_reconstruct(args)
+        elif args.command == "generate":
+            cmd_generate(args)
+    except BrokenPipeError:  # e.g. `models | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one readable line for users; --debug for developers
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
