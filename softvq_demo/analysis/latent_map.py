@@ -1,0 +1,220 @@
+"""A 2-D map of the latent space: encode a set of images and project their tokens.
+
+Two views: ``image`` (one point per image, its tokens mean-pooled... or concatenated) and
+``token`` (one point per token, coloured by token index or by the image's class). Projections:
+PCA (instant, exact) or UMAP (slower, keeps neighbourhoods). Results are cached by key.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .ablation import encode
+
+METHODS = ("pca", "umap")
+VIEWS = ("image", "token")
+ProgressFn = Optional[Callable[[float, str], None]]
+
+
+def encode_set(tok, images: torch.Tensor, batch_size: int = 64,
+               progress: ProgressFn = None) -> torch.Tensor:
+    """Latents M×N×D of M images (float32 CPU), encoded in batches with progress callbacks."""
+    if images.shape[0] == 0:
+        raise ValueError("no images to encode")
+    parts = []
+    m = images.shape[0]
+    for start in range(0, m, batch_size):
+        parts.append(encode(tok, images[start:start + batch_size], batch_size).latents)
+        if progress is not None:
+            progress(min(1.0, (start + batch_size) / m), f"encoded {min(m, start + batch_size)}/{m}")
+    return torch.cat(parts)
+
+
+def features(latents: torch.Tensor, view: str = "image", pool: str = "concat"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points to project. Returns (X, image_index, token_index).
+
+    view ``image``: one row per image — ``pool`` ``concat`` (all tokens, N·D dims: keeps which token
+    holds what) or ``mean`` (D dims). view ``token``: one row per (image, token), D dims.
+    token_index is -1 for image rows.
+    """
+    m, n, d = latents.shape
+    lat = latents.float()
+    if view == "image":
+        x = lat.reshape(m, n * d) if pool == "concat" else lat.mean(1)
+        return x.numpy(), np.arange(m), np.full(m, -1)
+    if view == "token":
+        x = lat.reshape(m * n, d)
+        return x.numpy(), np.repeat(np.arange(m), n), np.tile(np.arange(n), m)
+    raise ValueError(f"unknown view {view!r}: use 'image' or 'token'")
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """Exact 2-D PCA (SVD of the centred data)."""
+    x = np.asarray(x, np.float64)
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], 2), np.float32)
+    xc = x - x.mean(0, keepdims=True)
+    # For wide data go through the small Gram matrix.
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    y = xc @ vt[:2].T
+    if y.shape[1] < 2:
+        y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
+    return y.astype(np.float32)
+
+
+def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0) -> np.ndarray:
+    """UMAP to 2-D; PCA to 50 dims first when wider (faster, same neighbourhoods in practice)."""
+    x = np.asarray(x, np.float32)
+    m = x.shape[0]
+    if m < 4:
+        return pca_2d(x)
+    if x.shape[1] > 50 and m > 50:
+        xc = x - x.mean(0, keepdims=True)
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        x = (xc @ vt[:50].T).astype(np.float32)
+    import umap  # heavy import (numba): only when asked
+
+    reducer = umap.UMAP(n_components=2, n_neighbors=int(min(max(2, n_neighbors), m - 1)),
+                        min_dist=float(min_dist), random_state=int(seed), n_jobs=1,
+                        init="spectral" if m > 20 else "random", low_memory=True)
+    return reducer.fit_transform(x).astype(np.float32)
+
+
+def project(x: np.ndarray, method: str = "pca", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    if method == "pca":
+        return pca_2d(x)
+    if method == "umap":
+        return umap_2d(x, n_neighbors=n_neighbors, seed=seed)
+    raise ValueError(f"unknown projection {method!r}: use 'pca' or 'umap'")
+
+
+@dataclass
+class LatentMap:
+    coords: np.ndarray            # P×2
+    image_index: np.ndarray       # P
+    token_index: np.ndarray       # P (-1 for image points)
+    view: str
+    method: str
+    seconds: float
+    labels: Optional[list] = None     # per image (class names), optional
+    captions: Optional[list] = None   # per image (e.g. file names / texts), optional
+    extras: dict = field(default_factory=dict)
+
+
+def latent_map(latents: torch.Tensor, view: str = "image", method: str = "pca", *, pool: str = "concat",
+               seed: int = 0, labels: Optional[Sequence] = None, captions: Optional[Sequence] = None,
+               max_points: int = 60_000) -> LatentMap:
+    """Project latents (M×N×D) to 2-D."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown projection {method!r}: use one of {', '.join(METHODS)}")
+    x, img_idx, tok_idx = features(latents, view, pool)
+    if x.shape[0] > max_points:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(x.shape[0], max_points, replace=False))
+        x, img_idx, tok_idx = x[keep], img_idx[keep], tok_idx[keep]
+    t0 = time.perf_counter()
+    coords = project(x, method, seed)
+    return LatentMap(coords=coords, image_index=img_idx, token_index=tok_idx, view=view,
+                     method=method, seconds=time.perf_counter() - t0,
+                     labels=list(labels) if labels is not None else None,
+                     captions=list(captions) if captions is not None else None)
+
+
+def scatter_figure(lm: LatentMap, color_by: str = "token", title: Optional[str] = None):
+    """Plotly scatter of a latent map; ``customdata[0]`` of each point is its image index (used by
+    the app to show the image when a point is clicked). color_by: token | class | image."""
+    import plotly.graph_objects as go
+
+    labels = lm.labels
+    img = lm.image_index
+    caps = lm.captions
+    hover_class = [str(labels[i]) if labels is not None else "" for i in img]
+    hover_cap = [str(caps[i]) if caps is not None else "" for i in img]
+    custom = np.stack([img, lm.token_index, np.array(hover_class, dtype=object),
+                       np.array(hover_cap, dtype=object)], -1)
+    tmpl = ("image %{customdata[0]}" + ("<br>token %{customdata[1]}" if lm.view == "token" else "")
+            + ("<br>class %{customdata[2]}" if labels is not None else "")
+            + ("<br>%{customdata[3]}" if caps is not None else "") + "<extra></extra>")
+    fig = go.Figure()
+    if color_by == "class" and labels is not None:
+        classes = sorted({str(c) for c in labels})
+        for c in classes:
+            sel = np.array([str(labels[i]) == c for i in img])
+            fig.add_trace(go.Scattergl(x=lm.coords[sel, 0], y=lm.coords[sel, 1], mode="markers",
+                                       name=c, customdata=custom[sel], hovertemplate=tmpl,
+                                       marker=dict(size=6 if lm.view == "image" else 4)))
+    else:
+        if color_by == "token" and lm.view == "token":
+            color, cname = lm.token_index, "token"
+        else:
+            color, cname = img, "image"
+        fig.add_trace(go.Scattergl(
+            x=lm.coords[:, 0], y=lm.coords[:, 1], mode="markers", customdata=custom,
+            hovertemplate=tmpl, showlegend=False,
+            marker=dict(size=7 if lm.view == "image" else 4, color=color, colorscale="Turbo",
+                        showscale=True, colorbar=dict(title=cname), opacity=0.85)))
+    n_img = int(img.max()) + 1 if img.size else 0
+    fig.update_layout(
+        title=title or (f"{lm.method.upper()} of {n_img} images, "
+                        f"{'pooled per image' if lm.view == 'image' else 'one point per token'} "
+                        f"({lm.seconds:.2f} s)"),
+        height=520, margin=dict(l=40, r=20, t=50, b=40), clickmode="event+select",
+        xaxis_title=f"{lm.method}-1", yaxis_title=f"{lm.method}-2", dragmode="pan")
+    return fig
+
+
+def tensor_key(t: torch.Tensor) -> str:
+    """A cheap content hash of a tensor (for cache keys)."""
+    a = t.detach().float().cpu().contiguous().numpy()
+    h = hashlib.sha1()
+    h.update(str(a.shape).encode())
+    h.update(a[:: max(1, a.shape[0] // 64)].tobytes())
+    h.update(np.float64(a.sum()).tobytes())
+    return h.hexdigest()[:16]
+
+
+class LRUCache:
+    """A small thread-safe LRU cache (for encoded sets and projections)."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+            return None
+
+    def put(self, key, value):
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+        return value
+
+    def get_or_compute(self, key, fn):
+        hit = self.get(key)
+        if hit is not None:
+            return hit, True
+        return self.put(key, fn()), False
+
+    def __len__(self):
+        return len(self._data)

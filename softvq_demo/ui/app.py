@@ -1,0 +1,142 @@
+"""The Gradio Blocks explorer: a header with model pickers, then one tab per analysis."""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import gradio as gr
+import torch
+
+from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
+from .common import ON_SPACES, OCR, Ctx, event, handler, list_examples
+from .manager import ModelManager, is_offline
+
+log = logging.getLogger("softvq_demo.ui")
+
+CSS = """
+#lab-grid img, #tt-canvas img, .pixelated img { image-rendering: pixelated; }
+.model-summary { font-size: 0.9em; }
+"""
+
+
+def create_manager(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
+                   device: Optional[str] = None) -> ModelManager:
+    """Load the command-line models (local folders allowed) or, without any, the embedded ones."""
+    from ..catalogue import embedded_available
+
+    manager = ModelManager(device=device)
+    sources = [(s, "tokenizer") for s in tokenizers] + [(s, "generator") for s in generators]
+    if not sources:
+        sources = [(e.name, e.kind) for e in embedded_available()]
+        if not sources:
+            manager.messages.append(
+                "No embedded models found in checkpoints/ yet. Load one from the catalogue below "
+                "(needs internet) or start the app with `--tokenizer FOLDER` / `--generator FOLDER`.")
+    for src, kind in sources:
+        try:
+            manager.load(src, kind, allow_local=True)
+        except Exception as err:  # keep starting: tell the user in the header
+            log.error("could not load %s %s: %s", kind, src, err)
+            manager.messages.append(f"Could not load {kind} `{src}`: {err}")
+    return manager
+
+
+def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
+              device: Optional[str] = None, manager: Optional[ModelManager] = None) -> gr.Blocks:
+    """Build the explorer. Models come from ``manager`` or are loaded from the given sources."""
+    manager = manager or create_manager(tokenizers, generators, device)
+    ctx = Ctx(manager=manager, ocr=OCR.load(), examples=list_examples())
+    toks = manager.names("tokenizer")
+    gens = manager.names("generator")
+
+    with gr.Blocks(title="SoftVQ explorer: what do 1D image tokens hold?") as demo:
+        gr.Markdown(
+            "# SoftVQ explorer\nLook inside 1D image tokenizers: **SoftVQ-VAE** (continuous tokens, "
+            "each a softmax-weighted sum of codewords) and **TiTok** (discrete VQ tokens). "
+            f"Running on **{_device_text(manager.device)}**"
+            + (" (ZeroGPU)" if ON_SPACES else "") + ".")
+        notes = "\n".join(f"- {m}" for m in manager.messages)
+        gr.Markdown(notes, visible=bool(notes), elem_id="startup-notes")
+        with gr.Row():
+            ctx.tok_a = gr.Dropdown(toks, value=toks[0] if toks else None, label="Tokenizer A",
+                                    elem_id="tok-a", allow_custom_value=False)
+            ctx.tok_b = gr.Dropdown(["none"] + toks, value=_second(toks), label="Tokenizer B (compare)",
+                                    elem_id="tok-b")
+            ctx.gen = gr.Dropdown(gens, value=gens[0] if gens else None, label="Generator",
+                                  elem_id="gen")
+        with gr.Accordion("Models: loaded, and more from the catalogue", open=not toks):
+            summary = gr.Markdown(manager.summary(), elem_classes=["model-summary"],
+                                  elem_id="model-summary")
+            with gr.Row():
+                catalogue = gr.Dropdown(_catalogue_choices(), label="Catalogue model",
+                                        elem_id="catalogue")
+                load_btn = gr.Button("Load", elem_id="load-model")
+            load_md = gr.Markdown(elem_id="load-status")
+
+        with gr.Tabs():
+            with gr.Tab("Reconstruct", id="reconstruct"):
+                tab_reconstruct.build(ctx)
+            with gr.Tab("Token lab", id="tokens"):
+                tab_tokens.build(ctx)
+            with gr.Tab("Codebook", id="codebook"):
+                tab_codebook.build(ctx)
+            with gr.Tab("Latent map", id="latent"):
+                click_js = tab_latent.build(ctx)
+            with gr.Tab("Generate", id="generate"):
+                classes, sampler, on_gen = tab_generate.build(ctx)
+            with gr.Tab("Text tokens", id="text"):
+                tab_text.build(ctx)
+
+        def load_model(name, progress=gr.Progress()):
+            from ..catalogue import find_entry
+
+            if not name:
+                raise ValueError("pick a catalogue model first")
+            entry = find_entry(name)
+            if entry is None:
+                raise ValueError(f"{name!r} is not in the catalogue")
+            progress(0.0, desc=f"loading {name}")
+            item = manager.load(name, entry.kind, allow_local=False,
+                                progress=lambda f, m: progress(f, desc=m))
+            t, g = manager.names("tokenizer"), manager.names("generator")
+            msg = f"Loaded **{item.name}** ({item.kind}) in {item.seconds:.1f} s."
+            return (msg, manager.summary(), gr.update(choices=t), gr.update(choices=["none"] + t),
+                    gr.update(choices=g, value=item.name if item.kind == "generator" else None)
+                    if item.kind == "generator" else gr.update(choices=g))
+
+        load_btn.click(event(load_model, duration=300), [catalogue],
+                       [load_md, summary, ctx.tok_a, ctx.tok_b, ctx.gen], api_name="load_model",
+                       concurrency_limit=1)
+        ctx.gen.change(on_gen, [ctx.gen], [classes, sampler])
+        demo.load(on_gen, [ctx.gen], [classes, sampler])
+    demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
+    # Gradio 6 takes css/js at launch(): app.py passes these on.
+    demo.launch_kwargs = {"css": CSS, "js": click_js}  # type: ignore[attr-defined]
+    demo.manager = manager  # type: ignore[attr-defined]
+    demo.ctx = ctx          # type: ignore[attr-defined]
+    return demo
+
+
+def _second(toks: list[str]) -> str:
+    """Default comparison tokenizer: another family if loaded (SoftVQ vs TiTok), else none."""
+    return toks[1] if len(toks) > 1 else "none"
+
+
+def _catalogue_choices() -> list[tuple[str, str]]:
+    from ..catalogue import CATALOGUE
+
+    offline = " (offline: cached only)" if is_offline() else ""
+    out = []
+    for e in CATALOGUE:
+        where = "embedded" if e.embedded else e.repo_id
+        out.append((f"{e.name} · {e.kind} · {where}{offline if not e.embedded else ''}", e.name))
+    return out
+
+
+def _device_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            return f"{torch.cuda.get_device_name(device)} (bf16 autocast)"
+        except Exception:
+            return "CUDA (bf16 autocast)"
+    return f"CPU, {torch.get_num_threads()} threads (fp32)"

@@ -1,0 +1,233 @@
+"""Shared pieces of the UI: error handling, ZeroGPU, picture formatting, OCR/metric adapters."""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+import numpy as np
+import torch
+
+from ..analysis.ablation import to_uint8, upscale
+from ..loading import CheckpointError
+from .inputs import InputError
+from .manager import ModelManager
+
+log = logging.getLogger("softvq_demo.ui")
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------- ZeroGPU
+try:  # Hugging Face ZeroGPU Spaces: functions that use the GPU are decorated with spaces.GPU
+    import spaces  # type: ignore
+
+    def gpu(fn=None, *, duration: int = 60):
+        if fn is None:
+            return lambda f: spaces.GPU(duration=duration)(f)
+        return spaces.GPU(duration=duration)(fn)
+
+    ON_SPACES = True
+except ImportError:  # anywhere else: a no-op
+    def gpu(fn=None, *, duration: int = 60):
+        if fn is None:
+            return lambda f: f
+        return fn
+
+    ON_SPACES = False
+
+
+# --------------------------------------------------------------------------- errors
+def handler(fn: Callable) -> Callable:
+    """Wrap an event handler: user mistakes and model errors become a readable gr.Error; nothing
+    else escapes as a stack trace to the browser, and the server keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (InputError, CheckpointError, ValueError, KeyError, IndexError) as err:
+            msg = str(err).strip("'\"") or type(err).__name__
+            raise gr.Error(msg, print_exception=False) from None
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise gr.Error("out of memory: try fewer images or a smaller batch",
+                           print_exception=False) from None
+        except Exception as err:  # a bug: log it for the operator, keep the UI message short
+            log.exception("handler %s failed", fn.__name__)
+            raise gr.Error(f"internal error ({type(err).__name__}: {str(err)[:200]}); the server is "
+                           "still running — try other settings", print_exception=False) from None
+
+    return wrapper
+
+
+def event(fn: Callable, duration: int = 60) -> Callable:
+    """handler + ZeroGPU decoration (the order matters: spaces.GPU must see the final function)."""
+    return gpu(handler(fn), duration=duration)
+
+
+# --------------------------------------------------------------------------- pictures
+def show(image: torch.Tensor, min_size: int = 256) -> np.ndarray:
+    """3×H×W in [-1, 1] → uint8 image enlarged (nearest) to at least ``min_size`` for display."""
+    arr = to_uint8(image)
+    return upscale_to(arr, min_size)
+
+
+def upscale_to(arr: np.ndarray, min_size: int = 256) -> np.ndarray:
+    f = max(1, int(math.ceil(min_size / max(1, arr.shape[0]))))
+    return upscale(arr, f)
+
+
+def fmt(v: Optional[float], digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- metrics / OCR
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    try:
+        from ..analysis import metrics
+        return float(metrics.psnr(a, b))
+    except (ImportError, AttributeError):
+        mse = float((((a.float() - b.float()) / 2) ** 2).mean())
+        return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    try:
+        from ..analysis import metrics
+        return float(metrics.ssim(a, b))
+    except (ImportError, AttributeError):
+        return _ssim_fallback(a, b)
+
+
+def _ssim_fallback(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Gaussian-window SSIM on luma in [0, 1] (used only until analysis.metrics lands)."""
+    import torch.nn.functional as F
+
+    def luma(x):
+        x = (x.float().clamp(-1, 1) + 1) / 2
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+    x, y = luma(a), luma(b)
+    g = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    g = (g / g.sum())
+    w = (g[:, None] * g[None, :])[None, None]
+    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mu_x ** 2
+    syy = F.conv2d(y * y, w) - mu_y ** 2
+    sxy = F.conv2d(x * y, w) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+@dataclass
+class OCR:
+    """Adapter over ``softvq_demo.analysis.ocr`` (absent → ``available`` is False)."""
+
+    module: Any = None
+    error: str = ""
+
+    @classmethod
+    def load(cls) -> "OCR":
+        try:
+            from ..analysis import ocr
+            return cls(module=ocr)
+        except Exception as err:  # not landed yet, or its model missing
+            return cls(error=f"OCR unavailable ({type(err).__name__}: {err})")
+
+    @property
+    def available(self) -> bool:
+        return self.module is not None and hasattr(self.module, "read_text")
+
+    def read(self, image: np.ndarray) -> str:
+        out = self.module.read_text(image)
+        if isinstance(out, (list, tuple)):
+            out = " ".join(str(getattr(t, "text", t)) for t in out)
+        return str(getattr(out, "text", out))
+
+    def boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
+        if self.module is None or not hasattr(self.module, "detect_boxes"):
+            raise InputError("no text detector available: draw a box or type one")
+        out = []
+        for b in self.module.detect_boxes(image):
+            b = getattr(b, "box", b)
+            x0, y0, x1, y1 = (float(v) for v in list(b)[:4])
+            out.append((x0, y0, x1, y1))
+        return out
+
+    def similarity(self, pred: str, ref: str) -> float:
+        """T-NED: 1 − normalised edit distance (1 = same text)."""
+        m = self.module
+        for name in ("tned", "t_ned", "text_ned", "ned_similarity"):
+            if m is not None and hasattr(m, name):
+                return float(getattr(m, name)(pred, ref))
+        return tned(pred, ref)
+
+
+def tned(pred: str, ref: str) -> float:
+    """1 − Levenshtein(pred, ref) / max(len) (case-insensitive, whitespace-normalised)."""
+    a = " ".join(str(pred).lower().split())
+    b = " ".join(str(ref).lower().split())
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
+# --------------------------------------------------------------------------- app context
+@dataclass
+class Ctx:
+    """What every tab needs: the shared manager and the header's model pickers."""
+
+    manager: ModelManager
+    tok_a: Any = None
+    tok_b: Any = None
+    gen: Any = None
+    ocr: OCR = field(default_factory=OCR)
+    examples: list = field(default_factory=list)
+
+    def tokenizer(self, name):
+        return self.manager.tokenizer(name)
+
+
+def list_examples(folder: Path = EXAMPLES_DIR) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_input(label: str, **kwargs) -> gr.Image:
+    """An upload box whose value reaches handlers as the raw uploaded path: validation (format,
+    pixel cap before decoding, modes, EXIF) is ours, so every failure has a readable message."""
+    comp = gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                    **kwargs)
+    original = comp.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        path = getattr(payload, "path", None)
+        if path and not (getattr(payload, "url", None) or "").startswith("data:"):
+            return str(path)
+        return original(payload)
+
+    comp.preprocess = preprocess  # type: ignore[method-assign]
+    return comp

@@ -1,0 +1,142 @@
+"""Image sets the app analyses: the bundled examples, the held-out textscenes split, uploads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .common import list_examples
+from .inputs import InputError, model_image
+
+SOURCES = ("examples", "textscenes", "upload")
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor                 # M×3×S×S in [-1, 1]
+    names: list[str]
+    labels: Optional[list[str]] = None   # class per image (for colouring)
+    masks: Optional[torch.Tensor] = None  # M×S×S bool text masks (textscenes only)
+    note: str = ""
+
+
+def examples(size: int, limit: int = 256) -> ImageSet:
+    paths = list_examples()[:limit]
+    if not paths:
+        raise InputError("no example images found in assets/examples")
+    ims, names = [], []
+    for p in paths:
+        ims.append(model_image(p, size)[0])
+        names.append(Path(p).stem)
+    labels = [n.split("_")[0] for n in names]
+    return ImageSet(torch.cat(ims), names, labels, note=f"{len(names)} bundled examples")
+
+
+def _textscenes():
+    try:
+        from ..data import textscenes as ts
+        return ts
+    except ImportError as err:
+        raise InputError(f"the textscenes dataset module is not available ({err})") from err
+
+
+def textscenes(size: int, count: int, split: str = "test", seed: int = 0,
+               with_masks: bool = False) -> ImageSet:
+    """``count`` held-out textscenes images (rendered deterministically), resized to ``size``."""
+    ts = _textscenes()
+    ds = ts.TextScenes(split=split, size=size) if _accepts(ts.TextScenes, "size") else \
+        ts.TextScenes(split=split)
+    n = min(int(count), len(ds))
+    ims, names, labels, masks = [], [], [], []
+    for i in range(n):
+        item = ds[i]
+        img, label, text, mask = _unpack(item)
+        x = _to_tensor(img, size)
+        ims.append(x)
+        words = getattr(ts, "CLASS_WORDS", None)
+        cname = words[int(label)] if (words is not None and label is not None) else str(label)
+        labels.append(cname)
+        names.append(f"#{i} {text}" if text else f"#{i}")
+        if with_masks:
+            masks.append(_mask_tensor(mask, x.shape[-1]) if mask is not None else None)
+    m = None
+    if with_masks:
+        if any(mm is None for mm in masks):
+            raise InputError("this textscenes split has no text masks")
+        m = torch.stack(masks)
+    return ImageSet(torch.cat(ims), names, labels, m, note=f"{n} held-out textscenes images ({split})")
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _unpack(item):
+    """A dataset item (dict / tuple / object) → (image, label, text, mask)."""
+    if isinstance(item, dict):
+        img = item.get("image", item.get("img"))
+        return img, item.get("label", item.get("class")), item.get("text"), item.get("mask",
+                                                                                    item.get("text_mask"))
+    if isinstance(item, (tuple, list)):
+        img = item[0]
+        label = item[1] if len(item) > 1 else None
+        rest = list(item[2:])
+        text = next((r for r in rest if isinstance(r, str)), None)
+        mask = next((r for r in rest if isinstance(r, (torch.Tensor, np.ndarray))), None)
+        return img, label, text, mask
+    return (getattr(item, "image"), getattr(item, "label", None), getattr(item, "text", None),
+            getattr(item, "mask", None))
+
+
+def _to_tensor(img, size: int) -> torch.Tensor:
+    import torch.nn.functional as F
+    from PIL import Image
+
+    if isinstance(img, Image.Image) or isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        return model_image(img if isinstance(img, Image.Image) else Image.fromarray(img), size)[0]
+    t = torch.as_tensor(img).float()
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    if t.min() >= 0 and t.max() <= 1.0 + 1e-6:
+        t = t * 2 - 1
+    if t.shape[-1] != size:
+        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return t
+
+
+def _mask_tensor(mask, size: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    m = torch.as_tensor(np.asarray(mask)).float()
+    if m.dim() == 3:
+        m = m.amax(0)
+    if m.shape[-1] != size:
+        m = F.interpolate(m[None, None], size=(size, size), mode="nearest")[0, 0]
+    return m > 0.5
+
+
+def get(source: str, size: int, count: int = 64, files=None, with_masks: bool = False) -> ImageSet:
+    from .inputs import file_paths, load_batch
+
+    if source == "examples":
+        s = examples(size, limit=count)
+        if with_masks:
+            raise InputError("the bundled examples have no text masks: use textscenes")
+        return s
+    if source == "textscenes":
+        return textscenes(size, count, with_masks=with_masks)
+    if source == "upload":
+        ims, names, skipped = load_batch(file_paths(files), size)
+        note = f"{len(names)} uploaded images" + (f" ({len(skipped)} skipped: "
+                                                 + "; ".join(skipped[:3]) + ")" if skipped else "")
+        if with_masks:
+            raise InputError("uploaded images have no text masks: use textscenes")
+        return ImageSet(ims, names, None, note=note)
+    raise InputError(f"unknown image set {source!r}: use one of {', '.join(SOURCES)}")

@@ -1,0 +1,82 @@
+"""Tab 3: codebook — soft posteriors (SoftVQ) or hard indices (TiTok), and usage over a set."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..analysis import codebook as C
+from ..analysis.ablation import encode
+from . import datasets
+from .common import Ctx, event, image_input
+from .inputs import InputError, model_image, parse_choice, parse_int
+
+
+def posteriors(ctx: Ctx, image, tok_name: str, top):
+    tok = ctx.tokenizer(tok_name)
+    x, desc, _ = model_image(image, tok.image_size)
+    top = parse_int(top, "top codewords", 1, 64)
+    enc = encode(tok, x)
+    if enc.probs is not None:
+        stats = C.token_stats(enc.probs[0])
+        fig = C.posterior_figure(enc.probs[0], tok.num_codebooks, top,
+                                 title=f"{tok_name}: soft posteriors (tokens × top {top} codewords)")
+        efig = C.entropy_figure(enc.probs[0])
+        v = tok.codebook_size
+        md = (f"**{tok_name}**: {tok.num_tokens} tokens in {tok.num_codebooks} group(s) of "
+              f"{tok.num_tokens // tok.num_codebooks}, each a softmax mixture of {v} codewords. "
+              f"Mean entropy {float(stats.entropy_bits.mean()):.2f} bits (max {C.math.log2(v):.1f}); "
+              f"mean effective codewords {float(stats.effective.mean()):.2f}; mean top-codeword "
+              f"probability {float(stats.top_prob.mean()):.3f}. Input: {desc}.")
+        return fig, efig, md
+    if enc.indices is not None:
+        fig = C.indices_figure(enc.indices[0], title=f"{tok_name}: token indices (hard VQ)")
+        distinct = len(set(enc.indices[0].tolist()))
+        md = (f"**{tok_name}** is a hard VQ tokenizer: each token is exactly one of "
+              f"{tok.codebook_size} codewords (entropy 0). This image uses {distinct} distinct "
+              f"codewords over {tok.num_tokens} tokens. Input: {desc}.")
+        return fig, None, md
+    raise InputError(f"{tok_name} has continuous tokens without a codebook: nothing to show here")
+
+
+def usage(ctx: Ctx, tok_name: str, source: str, count, files):
+    tok = ctx.tokenizer(tok_name)
+    source = parse_choice(source, "image set", list(datasets.SOURCES))
+    count = parse_int(count, "number of images", 1, 2048)
+    if not tok.codebook_size:
+        raise InputError(f"{tok_name} has no codebook")
+    s = datasets.get(source, tok.image_size, count, files)
+    enc = encode(tok, s.images)
+    if enc.indices is None:
+        raise InputError(f"{tok_name} gives no indices")
+    u = C.codebook_usage(enc.indices, tok.codebook_size, tok.num_codebooks, enc.probs)
+    fig = C.usage_figure(u, title=f"{tok_name}: codebook usage over {s.note}")
+    table = {"headers": list(u.summary()[0].keys()), "data": [list(r.values()) for r in u.summary()]}
+    return fig, table
+
+
+def build(ctx: Ctx):
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = image_input("Image", height=240, elem_id="cb-input")
+            if ctx.examples:
+                gr.Examples(ctx.examples, inputs=[image], label="Examples", examples_per_page=8)
+            top = gr.Slider(4, 64, value=16, step=1, label="top codewords per group")
+            btn = gr.Button("Show posteriors", variant="primary", elem_id="cb-run")
+        with gr.Column(scale=2):
+            post = gr.Plot(label="Posteriors / indices", elem_id="cb-post")
+            ent = gr.Plot(label="Entropy per token", elem_id="cb-entropy")
+            md = gr.Markdown(elem_id="cb-notes")
+    with gr.Accordion("Codebook usage over a set of images", open=True):
+        with gr.Row():
+            source = gr.Radio(list(datasets.SOURCES), value="examples", label="Image set")
+            count = gr.Slider(1, 1024, value=64, step=1, label="images (max)")
+            files = gr.File(label="Upload a batch", file_count="multiple", file_types=["image"],
+                            height=100)
+            ubtn = gr.Button("Compute usage", elem_id="cb-usage-run")
+        ufig = gr.Plot(label="Usage", elem_id="cb-usage")
+        utable = gr.Dataframe(label="Per codebook", interactive=False)
+
+    btn.click(event(lambda im, t, k: posteriors(ctx, im, t, k)), [image, ctx.tok_a, top],
+              [post, ent, md], api_name="codebook", concurrency_limit=4)
+    ubtn.click(event(lambda t, s, c, f: usage(ctx, t, s, c, f), duration=120),
+               [ctx.tok_a, source, count, files], [ufig, utable], api_name="codebook_usage",
+               concurrency_limit=2)

@@ -1,0 +1,123 @@
+"""Tab 4: latent map — encode a set, project with PCA/UMAP, click a point to see the image."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..analysis import latent_map as L
+from ..analysis.ablation import decode
+from . import datasets
+from .common import Ctx, event, show
+from .inputs import InputError, parse_choice, parse_int
+
+# Browser side: clicking a point of the plotly map writes its image index into a hidden textbox
+# (#lm-click) and fires its input event, which runs `show_point` on the server.
+CLICK_JS = """
+() => {
+  const bind = () => {
+    document.querySelectorAll('#lm-plot .js-plotly-plot').forEach((gd) => {
+      if (gd.__lmBound || !gd.on) return;
+      gd.__lmBound = true;
+      gd.on('plotly_click', (ev) => {
+        if (!ev || !ev.points || !ev.points.length) return;
+        const cd = ev.points[0].customdata;
+        const idx = Array.isArray(cd) ? cd[0] : cd;
+        const box = document.querySelector('#lm-click textarea, #lm-click input');
+        if (!box) return;
+        box.value = String(idx) + '#' + Date.now();
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+      });
+    });
+  };
+  new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+  bind();
+}
+"""
+
+
+def compute_map(ctx: Ctx, tok_name: str, source: str, count, files, view: str, method: str,
+                color: str, progress=None):
+    tok = ctx.tokenizer(tok_name)
+    source = parse_choice(source, "image set", list(datasets.SOURCES))
+    view = parse_choice(view, "view", list(L.VIEWS))
+    method = parse_choice(method, "projection", list(L.METHODS))
+    color = parse_choice(color, "colour", ["token", "class", "image"])
+    count = parse_int(count, "number of images", 2, 4096)
+    step = progress or (lambda f, m: None)
+    step(0.0, "loading images")
+    s = datasets.get(source, tok.image_size, count, files)
+    if s.images.shape[0] < 2:
+        raise InputError("need at least 2 images for a map")
+    set_key = (source, count, L.tensor_key(s.images) if source == "upload" else None)
+    lat = ctx.manager.cached((tok_name, "latents", set_key),
+                             lambda: L.encode_set(tok, s.images, progress=lambda f, m: step(0.1 + 0.4 * f, m)))
+    step(0.5, f"projecting with {method.upper()}")
+    key = (tok_name, "map", set_key, view, method)
+    hit = ctx.manager.cache.get(key)
+    cached = hit is not None
+    lm = hit if cached else ctx.manager.cache.put(key, L.latent_map(lat, view, method, labels=s.labels,
+                                                                     captions=s.names))
+    step(1.0, "done")
+    fig = L.scatter_figure(lm, color if (color != "class" or s.labels) else "image")
+    md = (f"{s.note}: {lat.shape[0]} images × {lat.shape[1]} tokens × {lat.shape[2]} dims. "
+          f"{method.upper()} {'(cached) ' if cached else ''}took {lm.seconds:.2f} s. "
+          "Click a point (or type an image index) to see the image and its reconstruction.")
+    state = {"tok": tok_name, "source": source, "count": count, "files": files, "n": lat.shape[0],
+             "set_key": set_key}
+    return fig, md, state, gr.update(maximum=lat.shape[0] - 1)
+
+
+def show_point(ctx: Ctx, state: dict, index):
+    if not state:
+        raise InputError("compute a map first")
+    text = str(index).split("#")[0].strip()
+    if not text:
+        raise InputError("no point selected")
+    i = parse_int(text, "image index", 0, state["n"] - 1)
+    tok = ctx.tokenizer(state["tok"])
+    s = datasets.get(state["source"], tok.image_size, state["count"], state["files"])
+    lat = ctx.manager.cache.get((state["tok"], "latents", state["set_key"]))
+    if lat is None:
+        from ..analysis.ablation import encode
+        lat = encode(tok, s.images[i:i + 1]).latents
+        i_lat = 0
+    else:
+        i_lat = i
+    rec = decode(tok, lat[i_lat:i_lat + 1])[0]
+    label = f" · class {s.labels[i]}" if s.labels else ""
+    return show(s.images[i]), show(rec), f"Image {i}: {s.names[i]}{label}", i
+
+
+def build(ctx: Ctx):
+    state = gr.State({})
+    with gr.Row():
+        source = gr.Radio(list(datasets.SOURCES), value="examples", label="Image set")
+        count = gr.Slider(2, 2048, value=200, step=1, label="images (max)")
+        files = gr.File(label="Upload a batch", file_count="multiple", file_types=["image"], height=100)
+    with gr.Row():
+        view = gr.Radio([("pooled per image", "image"), ("per token", "token")], value="image",
+                        label="Points")
+        method = gr.Radio([("PCA (instant)", "pca"), ("UMAP", "umap")], value="pca", label="Projection")
+        color = gr.Radio(["token", "class", "image"], value="token", label="Colour by")
+        btn = gr.Button("Compute map", variant="primary", elem_id="lm-run")
+    with gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Latent map", elem_id="lm-plot")
+            md = gr.Markdown(elem_id="lm-notes")
+        with gr.Column(scale=1):
+            click = gr.Textbox(visible="hidden", elem_id="lm-click")
+            index = gr.Number(0, label="image index", precision=0, minimum=0, elem_id="lm-index")
+            show_btn = gr.Button("Show image", elem_id="lm-show")
+            orig = gr.Image(label="Image", interactive=False, height=200, elem_id="lm-orig")
+            rec = gr.Image(label="Reconstruction", interactive=False, height=200)
+            caption = gr.Markdown(elem_id="lm-caption")
+
+    def fn(tok, source, count, files, view, method, color, progress=gr.Progress()):
+        return compute_map(ctx, tok, source, count, files, view, method, color,
+                           progress=lambda f, m: progress(f, desc=m))
+
+    btn.click(event(fn, duration=180), [ctx.tok_a, source, count, files, view, method, color],
+              [plot, md, state, index], api_name="latent_map", concurrency_limit=2)
+    point = event(lambda st, i: show_point(ctx, st, i))
+    show_btn.click(point, [state, index], [orig, rec, caption, index], api_name="latent_point")
+    click.input(point, [state, click], [orig, rec, caption, index])
+    return CLICK_JS

@@ -1,0 +1,242 @@
+"""Tab 2: token lab — per-token ablation, top-k / first-k, swaps, interpolation."""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import torch
+
+from ..analysis import ablation as A
+from . import datasets
+from .common import Ctx, event, image_input, show, upscale_to
+from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
+
+MODES = list(A.REPLACEMENTS)
+
+
+def dataset_mean(ctx: Ctx, tok_name: str, tok) -> torch.Tensor:
+    """Mean token per position over the examples (or textscenes) — computed once per model."""
+
+    def compute():
+        for source in ("textscenes", "examples"):
+            try:
+                s = datasets.get(source, tok.image_size, count=64)
+                return A.mean_latents(tok, s.images), s.note
+            except InputError:
+                continue
+        return None, "no dataset available"
+
+    return ctx.manager.cached((tok_name, "mean_latents"), compute)
+
+
+def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, seed) -> dict:
+    """Encode A (and B), ablate every token of A; reuses the user's state when nothing changed."""
+    mode = parse_choice(mode, "replacement", MODES)
+    seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
+    key = (str(image_a), str(image_b), tok_name, mode, seed)
+    if state and state.get("key") == key:
+        return state
+    tok = ctx.tokenizer(tok_name)
+    xa, desc, _ = model_image(image_a, tok.image_size)
+    xb = model_image(image_b, tok.image_size)[0] if image_b else None
+    enc = A.encode(tok, xa if xb is None else torch.cat([xa, xb]))
+    la = enc.latents[0]
+    lb = enc.latents[1] if xb is not None else None
+    mean, mean_note = dataset_mean(ctx, tok_name, tok)
+    if mode == "mean" and mean is None:
+        raise InputError("no dataset available for the mean token: choose another replacement")
+    if mode == "other" and lb is None:
+        raise InputError("replacement 'another image's token' needs image B")
+    res = A.ablate_tokens(tok, la, mode, mean=mean, other=lb, seed=seed)
+    return {"key": key, "tok": tok_name, "xa": xa, "xb": xb, "la": la, "lb": lb, "desc": desc,
+            "mean": mean, "mean_note": mean_note, "res": res}
+
+
+def ablation_view(st: dict, selected: int = 0):
+    res: A.AblationResult = st["res"]
+    n = res.num_tokens
+    cols = int(math.ceil(math.sqrt(n)))
+    grid = A.map_grid(res.maps, columns=cols)
+    order = res.ranking()
+    top = ", ".join(f"{i} ({float(res.effect[i]):.4f})" for i in order[:5])
+    md = (f"**{n} tokens ablated** ({A.REPLACEMENT_LABELS[res.mode]}) in one batched pass: "
+          f"{1000 * res.seconds:.0f} ms. Most important: {top}. Least: {order[-1]} "
+          f"({float(res.effect[order[-1]]):.4f}). Grid: token i at row i // {cols}, column i % {cols}; "
+          f"click a cell to select it. Input: {st['desc']}.")
+    if res.mode == "mean":
+        md += f" Mean token from {st['mean_note']}."
+    return upscale_to(grid, 384), A.effect_bar_figure(res.effect, selected), md
+
+
+def token_view(st: dict, i: int):
+    res: A.AblationResult = st["res"]
+    i = parse_int(i, "token", 0, res.num_tokens - 1)
+    heat = A.colorize(res.maps[i], float(res.maps.max()))
+    rank = res.ranking().index(i) + 1
+    md = (f"Token **{i}**: mean |Δ| {float(res.effect[i]):.4f}, rank {rank} of {res.num_tokens}, "
+          f"max |Δ| {float(res.maps[i].max()):.3f}.")
+    return show(res.base), show(res.ablated[i]), upscale_to(heat, 256), md, \
+        A.effect_bar_figure(res.effect, i)
+
+
+def subset_view(ctx: Ctx, st: dict, order_name: str, k):
+    tok = ctx.tokenizer(st["tok"])
+    res: A.AblationResult = st["res"]
+    n = res.num_tokens
+    k = parse_int(k, "k", 0, n)
+    order_name = parse_choice(order_name, "order", ["most important", "first"])
+    ranked = res.ranking()
+    keep = sorted(ranked[:k]) if order_name == "most important" else list(range(k))
+    img = A.reconstruct_subset(tok, res.latents, res.replacement, keep)
+    ks = sorted(set([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, n, k]) & set(range(n + 1)))
+    curves = {"most important first": A.k_sweep(tok, res.latents, res.replacement, ranked, ks, res.base),
+              "first k (token order)": A.k_sweep(tok, res.latents, res.replacement, list(range(n)),
+                                                 ks, res.base)}
+    err = float(A.diff_maps(img[None], res.base[None]).mean())
+    md = (f"Kept {k}/{n} tokens ({order_name}): {', '.join(map(str, keep)) or 'none'}; the rest are "
+          f"{A.REPLACEMENT_LABELS[res.mode]}. Mean |Δ| vs full reconstruction {err:.4f}.")
+    return show(img), A.sweep_figure(curves), md
+
+
+def swap_view(ctx: Ctx, st: dict, tokens_text):
+    if st["lb"] is None:
+        raise InputError("swapping needs image B: upload a second image")
+    tok = ctx.tokenizer(st["tok"])
+    n = st["la"].shape[0]
+    idx = parse_token_list(tokens_text, n)
+    lat = A.swap_tokens(st["la"], st["lb"], idx)
+    imgs = A.decode(tok, torch.stack([st["la"], st["lb"], lat]))
+    return show(imgs[0]), show(imgs[1]), show(imgs[2]), \
+        f"Swapped {len(idx)} token(s) from B into A: {', '.join(map(str, idx))}."
+
+
+def interp_view(ctx: Ctx, st: dict, steps, method):
+    if st["lb"] is None:
+        raise InputError("interpolation needs image B: upload a second image")
+    tok = ctx.tokenizer(st["tok"])
+    steps = parse_int(steps, "steps", 2, 16)
+    method = parse_choice(method, "method", ["linear", "slerp"])
+    lat, ts = A.interpolate_latents(st["la"], st["lb"], steps, method)
+    imgs = A.decode(tok, lat)
+    return [(show(imgs[i], 192), f"t = {t:.2f}") for i, t in enumerate(ts)]
+
+
+def build(ctx: Ctx):
+    state = gr.State({})
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                img_a = image_input("Image A", height=200, elem_id="lab-a")
+                img_b = image_input("Image B (for swaps, interpolation, 'another image')", height=200,
+                                    elem_id="lab-b")
+            if ctx.examples:
+                with gr.Row():
+                    gr.Examples(ctx.examples, inputs=[img_a], label="Examples for A", examples_per_page=6)
+                    gr.Examples(ctx.examples[::-1], inputs=[img_b], label="Examples for B",
+                                examples_per_page=6)
+            with gr.Row():
+                mode = gr.Radio(MODES, value="mean", label="Replace the ablated token with",
+                                info="zero · dataset mean token · noise · image B's token")
+                seed = gr.Number(0, label="noise seed", precision=0, minimum=0)
+            btn = gr.Button("Ablate every token", variant="primary", elem_id="lab-run")
+        with gr.Column(scale=2):
+            with gr.Row():
+                grid = gr.Image(label="Per-token difference maps (click a cell)", interactive=False,
+                                height=384, elem_id="lab-grid")
+                bars = gr.Plot(label="Effect of each token", elem_id="lab-bars")
+            summary = gr.Markdown(elem_id="lab-summary")
+    with gr.Row():
+        token = gr.Slider(0, 255, value=0, step=1, label="Selected token", elem_id="lab-token")
+    with gr.Row():
+        base = gr.Image(label="Full reconstruction", interactive=False, height=256)
+        ablated = gr.Image(label="With the selected token ablated", interactive=False, height=256)
+        heat = gr.Image(label="Its difference map", interactive=False, height=256)
+    token_md = gr.Markdown()
+    with gr.Accordion("Reconstruct from a subset of tokens", open=True):
+        with gr.Row():
+            order = gr.Radio(["most important", "first"], value="most important", label="Keep")
+            k = gr.Slider(0, 256, value=4, step=1, label="k tokens")
+            sub_btn = gr.Button("Reconstruct from k tokens", elem_id="lab-subset")
+        with gr.Row():
+            sub_img = gr.Image(label="k-token reconstruction", interactive=False, height=256)
+            sweep = gr.Plot(label="Error versus k")
+        sub_md = gr.Markdown()
+    with gr.Accordion("Swap tokens from B into A", open=True):
+        with gr.Row():
+            swap_tokens = gr.Textbox("0-3", label="Tokens to take from B", info="e.g. 0, 3, 5-7 or all")
+            swap_btn = gr.Button("Swap", elem_id="lab-swap")
+        with gr.Row():
+            rec_a = gr.Image(label="A", interactive=False, height=200)
+            rec_b = gr.Image(label="B", interactive=False, height=200)
+            swapped = gr.Image(label="A with B's tokens", interactive=False, height=200)
+        swap_md = gr.Markdown()
+    with gr.Accordion("Interpolate between A and B", open=True):
+        with gr.Row():
+            steps = gr.Slider(2, 16, value=6, step=1, label="steps")
+            method = gr.Radio(["linear", "slerp"], value="linear", label="interpolation")
+            interp_btn = gr.Button("Interpolate", elem_id="lab-interp")
+        gallery = gr.Gallery(label="A → B", columns=8, height=220, object_fit="contain")
+
+    common_in = [state, img_a, img_b, ctx.tok_a, mode, seed]
+
+    def do_ablate(state, a, b, tok, mode, seed):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        n = st["res"].num_tokens
+        g, fig, md = ablation_view(st, 0)
+        return (st, g, fig, md, gr.update(maximum=n - 1, value=0), gr.update(maximum=n))
+
+    btn.click(event(do_ablate), common_in, [state, grid, bars, summary, token, k],
+              api_name="ablate", concurrency_limit=2)
+
+    def do_token(state, a, b, tok, mode, seed, i):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        return (st,) + token_view(st, i)
+
+    token_out = [state, base, ablated, heat, token_md, bars]
+    token.release(event(do_token), common_in + [token], token_out, api_name="select_token")
+
+    def grid_click(state, evt: gr.SelectData):
+        if not state or "res" not in state:
+            raise InputError("run the ablation first")
+        return gr.update(value=grid_cell(state["res"], evt.index[0], evt.index[1]))
+
+    grid.select(handler_no_gpu(grid_click), [state], [token]).then(
+        event(do_token), common_in + [token], token_out)
+
+    def do_subset(state, a, b, tok, mode, seed, order, k):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        return (st,) + subset_view(ctx, st, order, k)
+
+    sub_btn.click(event(do_subset), common_in + [order, k], [state, sub_img, sweep, sub_md],
+                  api_name="subset", concurrency_limit=2)
+
+    def do_swap(state, a, b, tok, mode, seed, tokens):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        return (st,) + swap_view(ctx, st, tokens)
+
+    swap_btn.click(event(do_swap), common_in + [swap_tokens], [state, rec_a, rec_b, swapped, swap_md],
+                   api_name="swap", concurrency_limit=2)
+
+    def do_interp(state, a, b, tok, mode, seed, steps, method):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        return st, interp_view(ctx, st, steps, method)
+
+    interp_btn.click(event(do_interp), common_in + [steps, method], [state, gallery],
+                     api_name="interpolate", concurrency_limit=2)
+
+
+def grid_cell(res: A.AblationResult, x: float, y: float, display: int = 384, pad: int = 2) -> int:
+    """Token index under pixel (x, y) of the enlarged grid image shown by ``ablation_view``."""
+    n, h, w = res.maps.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    f = max(1, int(math.ceil(display / (rows * (h + pad) + pad))))
+    c = int((x / f - pad) // (w + pad))
+    r = int((y / f - pad) // (h + pad))
+    c, r = min(max(c, 0), cols - 1), min(max(r, 0), rows - 1)
+    return min(r * cols + c, n - 1)
+
+
+def handler_no_gpu(fn):
+    from .common import handler
+    return handler(fn)
