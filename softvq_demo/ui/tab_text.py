@@ -63,8 +63,8 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     mask = T.boxes_to_mask(boxes, tok.image_size, tok.image_size)
     lat = A.encode(tok, x).latents[0]
     mean, _ = dataset_mean(ctx, name, tok)
-    if mode == "mean" and mean is None:
-        raise InputError("no dataset available for the mean token: choose another replacement")
+    if mean is None:  # no dataset on this install: the image's own mean token
+        mean = lat.mean(0, keepdim=True).expand_as(lat).clone()
     ocr = ctx.ocr if (use_ocr and ctx.ocr.available) else None
     ref = ocr.read(A.to_uint8(x[0])) if ocr else None
     res = T.analyze_text_tokens(tok, lat, mask, mode=mode if mode != "other" else "zero", mean=mean,

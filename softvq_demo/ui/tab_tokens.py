@@ -43,8 +43,9 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     la = enc.latents[0]
     lb = enc.latents[1] if xb is not None else None
     mean, mean_note = dataset_mean(ctx, tok_name, tok)
-    if mode == "mean" and mean is None:
-        raise InputError("no dataset available for the mean token: choose another replacement")
+    if mean is None:  # no dataset on this install: the mean token of the images in hand
+        mean = enc.latents.mean((0, 1), keepdim=True)[0].expand_as(la).clone()
+        mean_note = "the images given (no dataset available)"
     if mode == "other" and lb is None:
         raise InputError("replacement 'another image's token' needs image B")
     res = A.ablate_tokens(tok, la, mode, mean=mean, other=lb, seed=seed)

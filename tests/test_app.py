@@ -1,0 +1,300 @@
+"""Launch app.py on 127.0.0.1 with the tiny fixture models and drive every tab through
+gradio_client, checking real outputs and that bad inputs give readable errors, not crashes."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("gradio_client")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tokenizer_b(reference: Path):
+    """A second tokenizer for side-by-side views: the TiTok fixture once that family exists."""
+    try:
+        from softvq_demo.models import FAMILIES
+        if "titok" in FAMILIES:
+            return reference / "titok" / "tiny_pixels"
+    except Exception:
+        pass
+    return reference / "softvq" / "tiny_nol2"
+
+
+def make_images(folder: Path) -> dict:
+    from PIL import ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, size in enumerate([(200, 120), (90, 150), (64, 64)]):
+        im = Image.new("RGB", size, (40 * i, 140, 220 - 50 * i))
+        d = ImageDraw.Draw(im)
+        d.rectangle((5, 5, 40, 30), fill=(250, 250, 250))
+        d.text((8, 10), f"AB{i}", fill=(0, 0, 0))
+        p = folder / f"img{i}.png"
+        im.save(p)
+        out[f"img{i}"] = p
+    # EXIF-rotated JPEG (orientation 6: rotate 90° clockwise when displayed)
+    im = Image.new("RGB", (120, 60), (255, 0, 0))
+    exif = Image.Exif()
+    exif[274] = 6
+    p = folder / "rotated.jpg"
+    im.save(p, exif=exif.tobytes())
+    out["rotated"] = p
+    rgba = Image.new("RGBA", (50, 50), (0, 0, 255, 0))
+    p = folder / "transparent.png"
+    rgba.save(p)
+    out["rgba"] = p
+    gray16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
+    p = folder / "gray16.png"
+    gray16.save(p)
+    out["gray16"] = p
+    p = folder / "notes.txt"
+    p.write_text("not an image")
+    out["text"] = p
+    p = folder / "broken.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    out["broken"] = p
+    # a PNG whose header claims 30000×30000 pixels (a decompression bomb): refused before decoding
+    big = Image.new("L", (30000, 30000))
+    p = folder / "huge.png"
+    big.save(p, optimize=False, compress_level=9)
+    out["huge"] = p
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(reference, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    files = make_images(tmp / "images")
+    port = free_port()
+    tok_a = reference / "softvq" / "tiny"
+    tok_b = tokenizer_b(reference)
+    gen = reference / "softvq" / "sit_tiny"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "CUDA_VISIBLE_DEVICES": ""}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--tokenizer", str(tok_a),
+                             "--tokenizer", str(tok_b), "--generator", str(gen), "--port", str(port),
+                             "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    from gradio_client import Client
+
+    deadline = time.time() + 120
+    client = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("app exited:\n" + (tmp / "server.log").read_text()[-3000:])
+        try:
+            client = Client(url, verbose=False, download_files=str(tmp / "dl"))
+            break
+        except Exception:
+            time.sleep(0.5)
+    if client is None:
+        proc.kill()
+        raise RuntimeError("app did not start:\n" + (tmp / "server.log").read_text()[-3000:])
+    yield {"client": client, "files": files, "url": url, "proc": proc, "log": tmp / "server.log",
+           "a": tok_a.name, "b": tok_b.name, "gen": gen.name}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def call(app, api, *args):
+    return app["client"].predict(*args, api_name=api)
+
+
+def err(app, api, *args) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        call(app, api, *args)
+    msg = str(info.value)
+    assert "Traceback" not in msg
+    return msg
+
+
+def f(app, key):
+    from gradio_client import handle_file
+    return handle_file(str(app["files"][key]))
+
+
+def img(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def table(value) -> list[dict]:
+    return [dict(zip(value["headers"], row)) for row in value["data"]]
+
+
+def plot(value) -> dict:
+    return json.loads(value["plot"])
+
+
+def arr(v) -> np.ndarray:
+    """A plotly array, plain or binary-encoded ({'bdata', 'dtype'})."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
+def test_reconstruct_side_by_side(app):
+    orig, rec_a, heat_a, rec_b, heat_b, metrics, notes = call(
+        app, "/reconstruct", f(app, "img0"), app["a"], app["b"], True)
+    for p in (orig, rec_a, heat_a, rec_b, heat_b):
+        assert img(p).shape[0] >= 256
+    rows = table(metrics)
+    assert [r["tokenizer"] for r in rows] == [app["a"], app["b"]]
+    assert rows[0]["tokens"] == 16 and 0 < rows[0]["PSNR (dB)"] < 100
+    assert -1 <= rows[0]["SSIM"] <= 1 and rows[0]["latency (ms)"] > 0
+    assert rows[0]["compression"].endswith("×")
+    assert "200×120" in notes and "crop" in notes.lower()
+
+
+def test_reconstruct_odd_inputs(app):
+    # EXIF rotation, transparency, 16-bit grey: all accepted and described
+    _, _, _, _, _, _, notes = call(app, "/reconstruct", f(app, "rotated"), app["a"], "none", False)
+    assert "60×120" in notes  # rotated upright before use
+    for key in ("rgba", "gray16"):
+        out = call(app, "/reconstruct", f(app, key), app["a"], "none", False)
+        assert img(out[1]).ndim == 3
+    assert "not" in err(app, "/reconstruct", f(app, "text"), app["a"], "none", False).lower()
+    assert err(app, "/reconstruct", f(app, "broken"), app["a"], "none", False)
+    msg = err(app, "/reconstruct", f(app, "huge"), app["a"], "none", False)
+    assert "large" in msg.lower()
+    assert "no image" in err(app, "/reconstruct", None, app["a"], "none", False).lower()
+
+
+def test_token_lab(app):
+    a, b = f(app, "img0"), f(app, "img1")
+    grid, bars, summary, token, k = call(app, "/ablate", a, b, app["a"], "mean", 0)
+    assert img(grid).shape[0] >= 256 and "16 tokens ablated" in summary
+    effects = arr(plot(bars)["data"][0]["y"])
+    assert len(effects) == 16 and max(effects) > 0
+    base, ablated, heat, md, bars2 = call(app, "/select_token", a, b, app["a"], "mean", 0, 5)
+    assert "Token **5**" in md and not np.array_equal(img(base), img(ablated))
+    colors = plot(bars2)["data"][0]["marker"]["color"]
+    assert colors[5] != colors[4]
+    sub, sweep, md = call(app, "/subset", a, b, app["a"], "mean", 0, "first", 3)
+    assert "Kept 3/16" in md and "0, 1, 2" in md
+    assert {t["name"] for t in plot(sweep)["data"]} == {"most important first", "first k (token order)"}
+    ra, rb, sw, md = call(app, "/swap", a, b, app["a"], "mean", 0, "all")
+    assert np.abs(img(sw).astype(int) - img(rb).astype(int)).max() <= 2  # all of B's tokens = B
+    ra, rb, sw, md = call(app, "/swap", a, b, app["a"], "mean", 0, "0-3")
+    assert "4 token(s)" in md
+    gallery = call(app, "/interpolate", a, b, app["a"], "other", 0, 4, "slerp")
+    assert [g["caption"] for g in gallery] == ["t = 0.00", "t = 0.33", "t = 0.67", "t = 1.00"]
+    # mistakes: readable messages, server still answers afterwards
+    assert "out of range" in err(app, "/swap", a, b, app["a"], "mean", 0, "3, 99")
+    assert "no tokens" in err(app, "/swap", a, b, app["a"], "mean", 0, "").lower()
+    assert "image b" in err(app, "/swap", a, None, app["a"], "mean", 0, "1").lower()
+    assert "image b" in err(app, "/ablate", a, None, app["a"], "other", 0).lower()
+    assert "16" in err(app, "/subset", a, b, app["a"], "mean", 0, "first", 40)
+
+
+def test_codebook(app):
+    post, ent, md = call(app, "/codebook", f(app, "img0"), app["a"], 8)
+    fig = plot(post)
+    assert len(fig["data"]) == 2 and len(fig["data"][0]["x"]) == 8  # 2 codebooks, top 8
+    assert "entropy" in md.lower() and "effective" in md.lower()
+    assert len(arr(plot(ent)["data"][0]["y"])) == 16
+    files = [f(app, k) for k in ("img0", "img1", "img2", "broken")]
+    usage, summary = call(app, "/codebook_usage", app["a"], "upload", 10, files)
+    rows = table(summary)
+    assert len(rows) == 2 and all(r["codewords"] == 64 for r in rows)
+    assert "3 uploaded images (1 skipped" in plot(usage)["layout"]["title"]["text"]
+    assert "no files" in err(app, "/codebook_usage", app["a"], "upload", 10, []).lower()
+    assert "file type" in err(app, "/codebook_usage", app["a"], "upload", 10, [f(app, "text")])
+
+
+def test_latent_map(app):
+    files = [f(app, k) for k in ("img0", "img1", "img2", "rotated", "rgba", "gray16")]
+    fig, md, index = call(app, "/latent_map", app["a"], "upload", 50, files, "token", "pca", "token")
+    data = plot(fig)["data"]
+    assert len(arr(data[0]["x"])) == 6 * 16 and "6 images" in md
+    fig, md, _ = call(app, "/latent_map", app["a"], "upload", 50, files, "image", "umap", "image")
+    assert len(arr(plot(fig)["data"][0]["x"])) == 6
+    orig, rec, caption, i = call(app, "/latent_point", 2)
+    assert "Image 2" in caption and img(orig).shape == img(rec).shape
+    msg = err(app, "/latent_point", 10)
+    assert "out of range" in msg or "maximum value 5" in msg
+
+
+def test_generate(app):
+    gallery, timing, md = call(app, "/generate", app["gen"], [3, 7], 1.5, 0.0, 0.7, 4, "heun", 1, 3)
+    assert len(gallery) == 3 and gallery[0]["caption"].startswith("3:")
+    t = table(timing)[0]
+    assert t["device"] == "cpu" and t["generator (s)"] > 0 and t["images / s"] > 0
+    assert "heun, 4 steps" in md
+    again = call(app, "/generate", app["gen"], [3, 7], 1.5, 0.0, 0.7, 4, "heun", 1, 3)
+    assert np.array_equal(img(again[0][0]["image"]), img(gallery[0]["image"]))  # seeded
+    assert "class" in err(app, "/generate", app["gen"], [], 1.5, 0, 0.7, 4, "euler", 0, 2).lower()
+    assert "out of range" in err(app, "/generate", app["gen"], [5000], 1.5, 0, 0.7, 4, "euler", 0, 2)
+    assert "empty" in err(app, "/generate", app["gen"], [1], 1.5, 0.8, 0.2, 4, "euler", 0, 2)
+
+
+def test_text_tokens(app):
+    out = call(app, "/text_tokens", f(app, "img0"), app["a"], app["b"], "10,10,40,30", "zero", 4, True)
+    canvas, ov_a, table_a, fig_a, keep_a, drop_a, md_a = out[:7]
+    ov_b, table_b, fig_b, keep_b, drop_b, md_b = out[7:]
+    rows = table(table_a)
+    assert len(rows) == 16 and rows[0]["rank"] == 1
+    assert rows[0]["score"] >= rows[-1]["score"]
+    assert "text tokens" in md_a and len(table(table_b)) > 0 and app["b"] in md_b
+    assert img(keep_a).shape == img(drop_a).shape
+    names = {t["name"] for t in plot(fig_a)["data"]}
+    assert {"inside text", "outside text"} <= names
+    assert "no text boxes" in err(app, "/text_tokens", f(app, "img0"), app["a"], "none", "", "zero",
+                                  0, False)
+    assert "empty" in err(app, "/text_tokens", f(app, "img0"), app["a"], "none", "500,500,600,600",
+                          "zero", 0, False)
+    assert "four numbers" in err(app, "/text_tokens", f(app, "img0"), app["a"], "none", "1,2",
+                                 "zero", 0, False)
+
+
+def test_model_loading_from_browser_is_catalogue_only(app):
+    msg = err(app, "/load_model", "/etc")
+    assert "catalogue" in msg or "not in the list of choices" in msg
+    msg = err(app, "/load_model", "softvq-l-64")   # a Hub model while offline
+    assert "offline" in msg.lower() or "could not" in msg.lower()
+
+
+def test_server_survived(app):
+    assert app["proc"].poll() is None
+    out = call(app, "/reconstruct", f(app, "img2"), app["a"], "none", False)
+    assert img(out[1]).shape[0] >= 256
+    # gradio logs its own input validation (slider bounds, dropdown choices, file types) with a
+    # traceback on the server; none may come from our code (an unexpected error in a handler)
+    log = app["log"].read_text()
+    assert "softvq_demo/" not in log and "failed" not in log, log[-3000:]
+
+
+def test_manager_refuses_local_paths_for_browser_requests(reference):
+    from softvq_demo.ui.manager import ModelManager
+
+    m = ModelManager(device="cpu")
+    with pytest.raises(ValueError, match="catalogue"):
+        m.load(str(reference / "softvq" / "tiny"), "tokenizer", allow_local=False)
+    item = m.load(str(reference / "softvq" / "tiny"), "tokenizer", allow_local=True)
+    assert m.names("tokenizer") == [item.name] and m.tokenizer(item.name) is item.model
+    assert m.load(str(reference / "softvq" / "tiny"), "tokenizer") is item   # loaded once
+    with pytest.raises(ValueError, match="no generator"):
+        m.generator(None)
