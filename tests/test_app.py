@@ -89,7 +89,9 @@ def app(reference, tmp_path_factory):
            "CUDA_VISIBLE_DEVICES": ""}
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--tokenizer", str(tok_a),
-                             "--tokenizer", str(tok_b), "--generator", str(gen), "--port", str(port),
+                             "--tokenizer", str(tok_b), "--generator", str(gen),
+                             *(["--generator", str(reference / "titok" / "maskgit_tiny")]
+                               if tok_b.name == "tiny_pixels" else []), "--port", str(port),
                              "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -223,6 +225,28 @@ def test_codebook(app):
     assert "3 uploaded images (1 skipped" in plot(usage)["layout"]["title"]["text"]
     assert "no files" in err(app, "/codebook_usage", app["a"], "upload", 10, []).lower()
     assert "file type" in err(app, "/codebook_usage", app["a"], "upload", 10, [f(app, "text")])
+
+
+def test_codebook_titok(app):
+    if app["b"] != "tiny_pixels":
+        pytest.skip("TiTok family not available")
+    post, ent, md = call(app, "/codebook", f(app, "img1"), app["b"], 8)
+    fig = plot(post)
+    ids = arr(fig["data"][0]["z"]).ravel() if not isinstance(fig["data"][0]["z"], list) else \
+        np.asarray(fig["data"][0]["z"], dtype=float).ravel()
+    assert len(ids) == 8 and ((ids >= 0) & (ids < 64)).all()
+    assert "hard VQ" in md and ent is None
+    usage, summary = call(app, "/codebook_usage", app["b"], "upload", 10,
+                          [f(app, "img0"), f(app, "img1")])
+    assert table(summary)[0]["codewords"] == 64
+
+
+def test_generate_maskgit(app):
+    if app["b"] != "tiny_pixels":
+        pytest.skip("TiTok family not available")
+    gallery, timing, md = call(app, "/generate", "maskgit_tiny", [0, 9], 2.0, 0, 1, 4, "constant", 0, 2)
+    assert [g["caption"] for g in gallery] == ["0: class 0", "9: class 9"]
+    assert "maskgit_tiny → tiny_pixels" in md and "constant decay" in md
 
 
 def test_latent_map(app):

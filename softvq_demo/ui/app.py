@@ -83,7 +83,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             with gr.Tab("Latent map", id="latent"):
                 click_js = tab_latent.build(ctx)
             with gr.Tab("Generate", id="generate"):
-                classes, sampler, on_gen = tab_generate.build(ctx)
+                gen_outputs, on_gen = tab_generate.build(ctx)
             with gr.Tab("Text tokens", id="text"):
                 tab_text.build(ctx)
 
@@ -107,8 +107,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
         load_btn.click(event(load_model, duration=300), [catalogue],
                        [load_md, summary, ctx.tok_a, ctx.tok_b, ctx.gen], api_name="load_model",
                        concurrency_limit=1)
-        ctx.gen.change(on_gen, [ctx.gen], [classes, sampler])
-        demo.load(on_gen, [ctx.gen], [classes, sampler])
+        ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
+        demo.load(on_gen, [ctx.gen], gen_outputs)
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
     demo.launch_kwargs = {"css": CSS, "js": click_js}  # type: ignore[attr-defined]

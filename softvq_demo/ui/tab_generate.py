@@ -120,12 +120,18 @@ def build(ctx: Ctx):
               [gallery, timing, md], api_name="generate", concurrency_limit=2)
 
     def on_gen(gen_name):
+        """A new generator: its class names and its family's sampler defaults."""
         if not gen_name:
-            return gr.update(choices=[], value=[]), gr.update()
+            return gr.update(choices=[], value=[]), gr.update(), gr.update(), gr.update()
         gen = ctx.manager.generator(gen_name)
         choices = class_choices(gen)
         first = [choices[0][1]] if choices else []
-        sampler_value = "euler" if gen.family == "sit" else "linear"
-        return gr.update(choices=choices, value=first), gr.update(value=sampler_value)
+        if gen.family == "sit":
+            return (gr.update(choices=choices, value=first), gr.update(value="euler"),
+                    gr.update(value=1.75), gr.update(value=50))
+        return (gr.update(choices=choices, value=first),
+                gr.update(value=getattr(gen, "guidance_decay", "linear")),
+                gr.update(value=float(getattr(gen, "guidance_scale", 3.0))),
+                gr.update(value=int(getattr(gen, "num_steps", 8))))
 
-    return classes, sampler, event(on_gen)
+    return [classes, sampler, cfg, steps], event(on_gen)
