@@ -16,6 +16,7 @@ log = logging.getLogger("softvq_demo.ui")
 CSS = """
 #lab-grid img, #tt-canvas img, .pixelated img { image-rendering: pixelated; }
 .model-summary { font-size: 0.9em; }
+.lm-hidden { display: none !important; }
 """
 
 

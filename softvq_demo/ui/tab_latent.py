@@ -13,6 +13,7 @@ from .inputs import InputError, parse_choice, parse_int
 # (#lm-click) and fires its input event, which runs `show_point` on the server.
 CLICK_JS = """
 () => {
+  window.__softvqClickHook = true;
   const bind = () => {
     document.querySelectorAll('#lm-plot .js-plotly-plot').forEach((gd) => {
       if (gd.__lmBound || !gd.on) return;
@@ -104,7 +105,9 @@ def build(ctx: Ctx):
             plot = gr.Plot(label="Latent map", elem_id="lm-plot")
             md = gr.Markdown(elem_id="lm-notes")
         with gr.Column(scale=1):
-            click = gr.Textbox(visible="hidden", elem_id="lm-click")
+            # visible in the DOM (the click script writes into it) but hidden by CSS
+            click = gr.Textbox(elem_id="lm-click", elem_classes=["lm-hidden"], show_label=False,
+                               container=False)
             index = gr.Number(0, label="image index", precision=0, minimum=0, elem_id="lm-index")
             show_btn = gr.Button("Show image", elem_id="lm-show")
             orig = gr.Image(label="Image", interactive=False, height=200, elem_id="lm-orig")
@@ -119,5 +122,5 @@ def build(ctx: Ctx):
               [plot, md, state, index], api_name="latent_map", concurrency_limit=2)
     point = event(lambda st, i: show_point(ctx, st, i))
     show_btn.click(point, [state, index], [orig, rec, caption, index], api_name="latent_point")
-    click.input(point, [state, click], [orig, rec, caption, index])
+    click.change(point, [state, click], [orig, rec, caption, index])
     return CLICK_JS

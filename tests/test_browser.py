@@ -1,0 +1,218 @@
+"""A real headless browser goes through every tab of the running app, runs each main action,
+saves a screenshot per tab (tmp dir; also docs/screenshots/ with SAVE_SCREENSHOTS=1) and checks
+what rendered."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROME = "/usr/bin/chromium"
+DRIVER = "/usr/bin/chromedriver"
+
+webdriver = pytest.importorskip("selenium.webdriver")
+if not (Path(CHROME).exists() and Path(DRIVER).exists()):
+    pytest.skip("chromium/chromedriver not installed", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from test_app import app  # noqa: E402,F401  (the running-app fixture)
+
+SHOTS = Path(tempfile.mkdtemp(prefix="softvq-shots-"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="softvq-chrome-")
+    opts = Options()
+    opts.binary_location = CHROME
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1900",
+                 "--hide-scrollbars"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait(driver, cond, timeout=60, what="condition"):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: cond(d))
+    except Exception as err:
+        shot(driver, f"failed-{what.replace(' ', '-')}")
+        raise AssertionError(f"timed out waiting for {what}") from err
+
+
+def close_toasts(driver):
+    driver.execute_script(
+        "document.querySelectorAll('.toast-close, [data-testid=toast-close]').forEach(b => b.click())")
+    time.sleep(0.3)
+
+
+def shot(driver, name: str) -> Path:
+    driver.execute_script("window.scrollTo(0, 0)")
+    path = SHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    if os.environ.get("SAVE_SCREENSHOTS") == "1" and not name.startswith("failed"):
+        out = ROOT / "docs" / "screenshots"
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / path.name)
+    return path
+
+
+def el(driver, css):
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def upload(driver, container: str, *paths):
+    box = el(driver, f"#{container} input[type=file]")
+    box.send_keys("\n".join(str(p) for p in paths))
+
+
+def click(driver, css):
+    node = el(driver, css)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", node)
+
+
+def open_tab(driver, label: str):
+    buttons = [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+               if b.text.strip() == label]
+    assert buttons, f"no tab {label!r}"
+    driver.execute_script("arguments[0].click();", buttons[0])
+    time.sleep(0.3)
+
+
+def image_src(driver, container: str) -> str:
+    imgs = driver.find_elements(By.CSS_SELECTOR, f"#{container} img")
+    return imgs[0].get_attribute("src") if imgs else ""
+
+
+def has_plot(driver, container: str) -> bool:
+    return bool(driver.find_elements(By.CSS_SELECTOR, f"#{container} .js-plotly-plot .main-svg"))
+
+
+def text(driver, container: str) -> str:
+    nodes = driver.find_elements(By.CSS_SELECTOR, f"#{container}")
+    return nodes[0].text if nodes else ""
+
+
+def uploaded(driver, container: str):
+    wait(driver, lambda d: image_src(d, container), 30, f"upload preview in {container}")
+
+
+def test_every_tab(app, browser):
+    d = browser
+    files = app["files"]
+    d.get(app["url"])
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "button[role=tab]"), 60, "tabs")
+    tabs = [b.text.strip() for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")]
+    assert tabs[:6] == ["Reconstruct", "Token lab", "Codebook", "Latent map", "Generate", "Text tokens"]
+
+    # 1. Reconstruct: a readable error first, then a real run with A and B side by side
+    click(d, "#rec-run")
+    wait(d, lambda d: "no image given" in d.find_element(By.TAG_NAME, "body").text, 30,
+         "error toast")
+    close_toasts(d)
+    wait(d, lambda d: "no image given" not in d.find_element(By.TAG_NAME, "body").text, 15,
+         "toast closed")
+    upload(d, "rec-input", files["img0"])
+    uploaded(d, "rec-input")
+    click(d, "#rec-run")
+    wait(d, lambda d: app["b"] in text(d, "rec-table") and image_src(d, "rec-a"), 60, "metrics")
+    body = text(d, "rec-table")
+    assert "PSNR" in body and app["a"] in body
+    assert "200×120" in text(d, "rec-notes")
+    shot(d, "1-reconstruct")
+
+    # 2. Token lab: ablate, select a token by clicking the grid, subsets, swap, interpolate
+    open_tab(d, "Token lab")
+    upload(d, "lab-a", files["img0"])
+    upload(d, "lab-b", files["img1"])
+    uploaded(d, "lab-a")
+    uploaded(d, "lab-b")
+    click(d, "#lab-run")
+    wait(d, lambda d: "16 tokens ablated" in text(d, "lab-summary") and has_plot(d, "lab-bars"), 60,
+         "ablation")
+    assert image_src(d, "lab-grid")
+    grid = el(d, "#lab-grid img")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
+    from selenium.webdriver import ActionChains
+    w, h = grid.size["width"], grid.size["height"]
+    ActionChains(d).move_to_element_with_offset(grid, int(w * 0.3) - w // 2,
+                                                int(h * 0.1) - h // 2).click().perform()
+    # the click lands on row 0, column 1 of the 4×4 grid: token 1
+    wait(d, lambda d: "Token 1: mean" in d.find_element(By.TAG_NAME, "body").text, 30,
+         "token selection")
+    click(d, "#lab-subset")
+    click(d, "#lab-swap")
+    click(d, "#lab-interp")
+    wait(d, lambda d: "Kept 4/16" in d.find_element(By.TAG_NAME, "body").text
+         and "Swapped 4 token(s)" in d.find_element(By.TAG_NAME, "body").text
+         and "t = 1.00" in d.page_source, 60, "subset, swap and interpolation")
+    shot(d, "2-token-lab")
+
+    # 3. Codebook: soft posteriors and usage over the examples/uploads
+    open_tab(d, "Codebook")
+    upload(d, "cb-input", files["img2"])
+    uploaded(d, "cb-input")
+    click(d, "#cb-run")
+    wait(d, lambda d: has_plot(d, "cb-post") and has_plot(d, "cb-entropy"), 60, "posteriors")
+    assert "effective codewords" in text(d, "cb-notes")
+    assert len(d.find_elements(By.CSS_SELECTOR, "#cb-post .heatmaplayer, #cb-post .hm")) >= 1
+    shot(d, "3-codebook")
+
+    # 4. Latent map from an uploaded batch; clicking a point shows that image
+    open_tab(d, "Latent map")
+    labels = [l for l in d.find_elements(By.CSS_SELECTOR, "label") if l.text.strip() == "upload"]
+    d.execute_script("arguments[0].click();", labels[-1])
+    inputs = [i for i in d.find_elements(By.CSS_SELECTOR, "input[type=file][multiple]")
+              if i.is_enabled()]
+    inputs[-1].send_keys("\n".join(str(files[k]) for k in ("img0", "img1", "img2", "rotated", "rgba")))
+    time.sleep(1.0)
+    click(d, "#lm-run")
+    wait(d, lambda d: has_plot(d, "lm-plot") and "5 images" in text(d, "lm-notes"), 60, "latent map")
+    d.execute_script("""
+        const gd = document.querySelector('#lm-plot .js-plotly-plot');
+        gd.emit('plotly_click', {points: [{customdata: [3, -1, '', 'rotated.jpg']}]});""")
+    wait(d, lambda d: "Image 3" in text(d, "lm-caption") and image_src(d, "lm-orig"), 30,
+         "clicked point")
+    shot(d, "4-latent-map")
+
+    # 5. Generate: gallery and timings
+    open_tab(d, "Generate")
+    wait(d, lambda d: "0:" in text(d, "gen-classes"), 30, "class names")
+    click(d, "#gen-run")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gen-gallery img")) >= 4
+         and "images / s" in text(d, "gen-timing"), 90, "generation")
+    assert "cpu" in text(d, "gen-timing")
+    shot(d, "5-generate")
+
+    # 6. Text tokens: a typed box, the analysis for A and B, the dataset view refuses politely
+    open_tab(d, "Text tokens")
+    upload(d, "tt-input", files["img0"])
+    uploaded(d, "tt-input")
+    box = el(d, "#tt-boxes textarea, #tt-boxes input")
+    box.send_keys("8,8,40,30")
+    wait(d, lambda d: image_src(d, "tt-canvas"), 30, "canvas")
+    click(d, "#tt-run")
+    wait(d, lambda d: "text tokens" in text(d, "tt-md-a") and has_plot(d, "tt-plot-a")
+         and has_plot(d, "tt-plot-b"), 90, "text-token analysis")
+    assert "effect in text" in text(d, "tt-table-a")
+    shot(d, "6-text-tokens")
+
+    errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"
+              and "favicon" not in e.get("message", "")] if hasattr(d, "get_log") else []
+    assert not [e for e in errors if "Uncaught" in e.get("message", "")], errors
+    assert len(list(SHOTS.glob("[1-6]-*.png"))) == 6
