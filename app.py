@@ -9,6 +9,11 @@ import argparse
 import logging
 import os
 
+try:  # ZeroGPU Spaces: `spaces` must be imported before anything initialises CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Interactive explorer for 1D image tokenizers "

@@ -322,3 +322,16 @@ def test_manager_refuses_local_paths_for_browser_requests(reference):
     assert m.load(str(reference / "softvq" / "tiny"), "tokenizer") is item   # loaded once
     with pytest.raises(ValueError, match="no generator"):
         m.generator(None)
+
+
+def test_app_builds_without_any_model(tmp_path):
+    """A fresh install with an empty checkpoints/ still starts and says what to do."""
+    from softvq_demo.ui import build_app, create_manager
+    from softvq_demo.ui.manager import ModelManager
+
+    m = create_manager(tokenizers=[str(tmp_path / "missing")], device="cpu")
+    assert m.names("tokenizer") == [] and "Could not load tokenizer" in m.messages[0]
+    demo = build_app(manager=ModelManager(device="cpu"))
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
+    assert {"reconstruct", "ablate", "codebook", "latent_map", "generate", "text_tokens",
+            "text_profile", "load_model"} <= names

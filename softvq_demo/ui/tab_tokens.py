@@ -59,10 +59,10 @@ def ablation_view(st: dict, selected: int = 0):
     cols = int(math.ceil(math.sqrt(n)))
     grid = A.map_grid(res.maps, columns=cols)
     order = res.ranking()
-    top = ", ".join(f"{i} ({float(res.effect[i]):.4f})" for i in order[:5])
+    top = ", ".join(f"{i} ({float(res.effect[i]):.3g})" for i in order[:5])
     md = (f"**{n} tokens ablated** ({A.REPLACEMENT_LABELS[res.mode]}) in one batched pass: "
           f"{1000 * res.seconds:.0f} ms. Most important: {top}. Least: {order[-1]} "
-          f"({float(res.effect[order[-1]]):.4f}). Grid: token i at row i // {cols}, column i % {cols}; "
+          f"({float(res.effect[order[-1]]):.3g}). Grid: token i at row i // {cols}, column i % {cols}; "
           f"click a cell to select it. Input: {st['desc']}.")
     if res.mode == "mean":
         md += f" Mean token from {st['mean_note']}."
@@ -74,7 +74,7 @@ def token_view(st: dict, i: int):
     i = parse_int(i, "token", 0, res.num_tokens - 1)
     heat = A.colorize(res.maps[i], float(res.maps.max()))
     rank = res.ranking().index(i) + 1
-    md = (f"Token **{i}**: mean |Δ| {float(res.effect[i]):.4f}, rank {rank} of {res.num_tokens}, "
+    md = (f"Token **{i}**: mean |Δ| {float(res.effect[i]):.3g}, rank {rank} of {res.num_tokens}, "
           f"max |Δ| {float(res.maps[i].max()):.3f}.")
     return show(res.base), show(res.ablated[i]), upscale_to(heat, 256), md, \
         A.effect_bar_figure(res.effect, i)
@@ -95,7 +95,7 @@ def subset_view(ctx: Ctx, st: dict, order_name: str, k):
                                                  ks, res.base)}
     err = float(A.diff_maps(img[None], res.base[None]).mean())
     md = (f"Kept {k}/{n} tokens ({order_name}): {', '.join(map(str, keep)) or 'none'}; the rest are "
-          f"{A.REPLACEMENT_LABELS[res.mode]}. Mean |Δ| vs full reconstruction {err:.4f}.")
+          f"{A.REPLACEMENT_LABELS[res.mode]}. Mean |Δ| vs full reconstruction {err:.3g}.")
     return show(img), A.sweep_figure(curves), md
 
 
