@@ -88,7 +88,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             with gr.Tab("Text tokens", id="text"):
                 tab_text.build(ctx)
 
-        def load_model(name, progress=gr.Progress()):
+        def load_model(name, progress=gr.Progress(track_tqdm=True)):  # hub download bars
             from ..catalogue import find_entry
 
             if not name:
