@@ -1,6 +1,6 @@
 """A 2-D map of the latent space: encode a set of images and project their tokens.
 
-Two views: ``image`` (one point per image, its tokens mean-pooled... or concatenated) and
+Two views: ``image`` (one point per image: its tokens concatenated, or mean-pooled) and
 ``token`` (one point per token, coloured by token index or by the image's class). Projections:
 PCA (instant, exact) or UMAP (slower, keeps neighbourhoods). Results are cached by key.
 """
