@@ -198,6 +198,19 @@ def test_every_tab(app, browser):
          and "images / s" in text(d, "gen-timing"), 90, "generation")
     assert "cpu" in text(d, "gen-timing")
     shot(d, "5-generate")
+    if app["b"] == "tiny_pixels":  # switching to MaskGIT brings its classes and sampler defaults
+        from selenium.webdriver.common.keys import Keys
+        box = el(d, "#gen input")
+        driver_click = d.execute_script
+        driver_click("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", box)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys("maskgit_tiny")
+        time.sleep(0.3)
+        box.send_keys(Keys.ENTER)
+        wait(d, lambda d: "0: class 0" in text(d, "gen-classes"), 30, "MaskGIT classes")
+        click(d, "#gen-run")
+        wait(d, lambda d: "maskgit_tiny → tiny_pixels" in text(d, "gen-notes"), 60, "MaskGIT run")
 
     # 6. Text tokens: a typed box, the analysis for A and B, the dataset view refuses politely
     open_tab(d, "Text tokens")
