@@ -105,7 +105,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                     gr.update(choices=g, value=item.name if item.kind == "generator" else None)
                     if item.kind == "generator" else gr.update(choices=g))
 
-        load_btn.click(event(load_model, duration=300), [catalogue],
+        # not under spaces.GPU: a model loaded in a ZeroGPU worker would vanish with it
+        load_btn.click(handler(load_model), [catalogue],
                        [load_md, summary, ctx.tok_a, ctx.tok_b, ctx.gen], api_name="load_model",
                        concurrency_limit=1)
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)

@@ -5,7 +5,7 @@ import functools
 
 import gradio as gr
 
-from .common import Ctx, event, show
+from .common import Ctx, event, handler, show
 from .inputs import InputError, parse_choice, parse_float, parse_int
 
 SIT_METHODS = ["euler", "heun", "sde"]
@@ -134,4 +134,4 @@ def build(ctx: Ctx):
                 gr.update(value=float(getattr(gen, "guidance_scale", 3.0))),
                 gr.update(value=int(getattr(gen, "num_steps", 8))))
 
-    return [classes, sampler, cfg, steps], event(on_gen)
+    return [classes, sampler, cfg, steps], handler(on_gen)
