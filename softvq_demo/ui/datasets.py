@@ -43,31 +43,30 @@ def _textscenes():
         raise InputError(f"the textscenes dataset module is not available ({err})") from err
 
 
-def textscenes(size: int, count: int, split: str = "test", seed: int = 0,
+def textscenes(size: int, count: int, split: str = "heldout", seed: int = 0,
                with_masks: bool = False) -> ImageSet:
-    """``count`` held-out textscenes images (rendered deterministically), resized to ``size``."""
+    """``count`` held-out textscenes images rendered at ``size`` (deterministic), with their class
+    words, texts and ground-truth text masks."""
     ts = _textscenes()
-    ds = ts.TextScenes(split=split, size=size) if _accepts(ts.TextScenes, "size") else \
-        ts.TextScenes(split=split)
-    n = min(int(count), len(ds))
+    count = int(count)
+    if count < 1:
+        raise InputError("ask for at least one textscenes image")
+    ds = ts.TextScenes(split=split, size=count, image_size=size, seed=seed)
     ims, names, labels, masks = [], [], [], []
-    for i in range(n):
-        item = ds[i]
-        img, label, text, mask = _unpack(item)
-        x = _to_tensor(img, size)
-        ims.append(x)
+    for i in range(len(ds)):
+        img, label, text, mask = _unpack(ds[i])
+        ims.append(_to_tensor(img, size))
         words = getattr(ts, "CLASS_WORDS", None)
-        cname = words[int(label)] if (words is not None and label is not None) else str(label)
-        labels.append(cname)
+        labels.append(words[int(label)] if (words is not None and label is not None) else str(label))
         names.append(f"#{i} {text}" if text else f"#{i}")
-        if with_masks:
-            masks.append(_mask_tensor(mask, x.shape[-1]) if mask is not None else None)
+        masks.append(_mask_tensor(mask, size) if mask is not None else None)
     m = None
     if with_masks:
         if any(mm is None for mm in masks):
             raise InputError("this textscenes split has no text masks")
         m = torch.stack(masks)
-    return ImageSet(torch.cat(ims), names, labels, m, note=f"{n} held-out textscenes images ({split})")
+    return ImageSet(torch.cat(ims), names, labels, m,
+                    note=f"{len(ims)} held-out textscenes images")
 
 
 def _accepts(fn, name: str) -> bool:
