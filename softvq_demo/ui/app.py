@@ -8,7 +8,7 @@ import gradio as gr
 import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
-from .common import ON_SPACES, OCR, Ctx, event, handler, list_examples
+from .common import ON_SPACES, OCR, Ctx, handler, list_examples
 from .manager import ModelManager, is_offline
 
 log = logging.getLogger("softvq_demo.ui")

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import gradio as gr
-import torch
 
 from ..analysis.ablation import colorize, compression_ratio, diff_maps, reconstruct
-from .common import Ctx, event, fmt, image_input, psnr, show, ssim, upscale_to
-from .inputs import model_image
+from .common import Ctx, event, image_input, psnr, show, ssim, upscale_to
+from .inputs import FIT_MODES, model_image
 
 
-def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True):
+def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True,
+                    fit: str = "center-crop"):
     """Returns (original, recon A, heat A, recon B, heat B, metrics table rows, notes markdown)."""
     names = [tok_a] + ([tok_b] if tok_b and tok_b != "none" and tok_b != tok_a else [])
     outs, rows, notes = [], [], []
@@ -17,7 +17,7 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
     ref_text = None
     for name in names:
         tok = ctx.tokenizer(name)
-        x, desc, _ = model_image(image, tok.image_size)
+        x, desc, _ = model_image(image, tok.image_size, fit)
         rec, enc, times = reconstruct(tok, x)
         heat = diff_maps(rec, x)[0]
         if original_shown is None:
@@ -67,7 +67,9 @@ def build(ctx: Ctx):
                                 elem_id="rec-input")
             if ctx.examples:
                 gr.Examples(ctx.examples, inputs=[image], label="Examples", examples_per_page=12)
-            do_ocr = gr.Checkbox(True, label="Read text (OCR) and compute T-NED")
+            with gr.Row():
+                fit = gr.Radio(list(FIT_MODES), value="center-crop", label="Fit to the model's size")
+                do_ocr = gr.Checkbox(True, label="Read text (OCR) and compute T-NED")
             btn = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
         with gr.Column(scale=2):
             with gr.Row():
@@ -82,10 +84,10 @@ def build(ctx: Ctx):
     table = gr.Dataframe(label="Metrics", interactive=False, wrap=True, elem_id="rec-table")
     notes = gr.Markdown(elem_id="rec-notes")
 
-    def fn(image, a, b, ocr_on):
-        return run_reconstruct(ctx, image, a, b, ocr_on)
+    def fn(image, a, b, ocr_on, fit):
+        return run_reconstruct(ctx, image, a, b, ocr_on, fit)
 
-    btn.click(event(fn), [image, ctx.tok_a, ctx.tok_b, do_ocr],
+    btn.click(event(fn), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit],
               [orig, rec_a, heat_a, rec_b, heat_b, table, notes], api_name="reconstruct",
               concurrency_limit=4)
     return image
