@@ -296,6 +296,19 @@ def test_text_tokens(app):
                                  "zero", 0, False)
 
 
+def test_text_tokens_on_textscenes(app):
+    from gradio_client import handle_file
+
+    path, boxes, md = call(app, "/textscenes_sample", app["a"], 3)
+    assert "textscenes #3" in md and len(boxes.split(",")) == 4
+    out = call(app, "/text_tokens", handle_file(path), app["a"], "none", boxes, "mean", 0, False)
+    assert len(table(out[2])) == 16
+    fig, md = call(app, "/text_profile", app["a"], app["b"], 3, "zero")
+    traces = plot(fig)["data"]
+    assert [len(arr(t["y"])) for t in traces] == [16, 8]   # SoftVQ and TiTok side by side
+    assert "over 3 images" in md
+
+
 def test_model_loading_from_browser_is_catalogue_only(app):
     msg = err(app, "/load_model", "/etc")
     assert "catalogue" in msg or "not in the list of choices" in msg

@@ -1,6 +1,8 @@
 """Tab 6: which tokens carry text — ablation inside vs outside text boxes, OCR damage."""
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 import numpy as np
 import torch
@@ -40,6 +42,21 @@ def detect(ctx: Ctx, image, tok_name: str):
         gr.Warning("the detector found no text: draw a box (two clicks) or type one")
     return T.format_boxes(boxes), _canvas(x, boxes, tok.image_size), \
         f"{len(boxes)} text box(es) found on the {tok.image_size}×{tok.image_size} model input ({desc})."
+
+
+def textscenes_sample(ctx: Ctx, tok_name: str, index):
+    """A held-out textscenes image (as a PNG path for the upload box) and its ground-truth box."""
+    import tempfile
+
+    from ..data.textscenes import TextScenes
+
+    tok = ctx.tokenizer(tok_name)
+    i = parse_int(index, "sample", 0, 1999)
+    s = TextScenes("heldout", size=i + 1, image_size=tok.image_size).sample(i)
+    fd, path = tempfile.mkstemp(prefix=f"textscenes-{i}-", suffix=".png")
+    os.close(fd)
+    s.pil().save(path)
+    return path, T.format_boxes([s.box]), f"held-out textscenes #{i}: “{s.text}” (ground-truth box)"
 
 
 def click_box(ctx: Ctx, image, tok_name: str, boxes_text: str, corner, evt: gr.SelectData):
@@ -155,6 +172,10 @@ def build(ctx: Ctx):
             boxes = gr.Textbox(label="Text boxes (x0,y0,x1,y1 in model-input pixels; ';' between)",
                                elem_id="tt-boxes")
             with gr.Row():
+                ts_index = gr.Number(0, label="textscenes sample", precision=0, minimum=0,
+                                     maximum=1999)
+                ts_btn = gr.Button("Load a held-out textscenes image", elem_id="tt-textscenes")
+            with gr.Row():
                 det = gr.Button("Detect text boxes (OCR)", elem_id="tt-detect")
                 clear = gr.Button("Clear boxes")
             with gr.Row():
@@ -191,6 +212,8 @@ def build(ctx: Ctx):
 
     det.click(event(lambda im, t: detect(ctx, im, t)), [image, ctx.tok_a], [boxes, canvas, box_md],
               api_name="detect_text")
+    ts_btn.click(handler(lambda t, i: textscenes_sample(ctx, t, i)), [ctx.tok_a, ts_index],
+                 [image, boxes, box_md], api_name="textscenes_sample")
     clear.click(lambda: ("", None, None, "boxes cleared"), None, [boxes, canvas, corner, box_md])
     def on_image(im, t, b):
         if not im:
