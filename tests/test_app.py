@@ -169,6 +169,8 @@ def test_reconstruct_side_by_side(app):
     assert -1 <= rows[0]["SSIM"] <= 1 and rows[0]["latency (ms)"] > 0
     assert rows[0]["compression"].endswith("×")
     assert "200×120" in notes and "crop" in notes.lower()
+    if "OCR original" in rows[0]:       # OCR available: both images were read
+        assert "OCR reconstruction" in rows[0] and "T-NED" in rows[0]
 
 
 def test_reconstruct_odd_inputs(app):
@@ -301,8 +303,17 @@ def test_text_tokens_on_textscenes(app):
 
     path, boxes, md = call(app, "/textscenes_sample", app["a"], 3)
     assert "textscenes #3" in md and len(boxes.split(",")) == 4
-    out = call(app, "/text_tokens", handle_file(path), app["a"], "none", boxes, "mean", 0, False)
-    assert len(table(out[2])) == 16
+    try:
+        from softvq_demo.analysis import ocr  # noqa: F401
+        detected, canvas, det_md = call(app, "/detect_text", handle_file(path), app["a"])
+        assert "1 text box" in det_md and len(detected.split(",")) == 4
+    except ImportError:
+        pass
+    out = call(app, "/text_tokens", handle_file(path), app["a"], "none", boxes, "mean", 0, True)
+    rows = table(out[2])
+    assert len(rows) == 16
+    if "T-NED drop" in rows[0]:
+        assert "OCR original" in out[6] and all(0 <= r["T-NED after"] <= 1 for r in rows)
     fig, md = call(app, "/text_profile", app["a"], app["b"], 3, "zero")
     traces = plot(fig)["data"]
     assert [len(arr(t["y"])) for t in traces] == [16, 8]   # SoftVQ and TiTok side by side

@@ -153,6 +153,8 @@ class OCR:
         return self.module is not None and hasattr(self.module, "read_text")
 
     def read(self, image: np.ndarray) -> str:
+        if hasattr(self.module, "read_string"):
+            return str(self.module.read_string(image))
         out = self.module.read_text(image)
         if isinstance(out, (list, tuple)):
             out = " ".join(str(getattr(t, "text", t)) for t in out)
