@@ -290,7 +290,7 @@ def test_text_token_ranking_finds_the_tokens_that_break_ocr(toy):
     rec = A.to_uint8(A.decode(toy, lat)[0])
     read = block_ocr([5, 6])(rec)
     mask = T.boxes_to_mask([(4, 4, 12, 8)], 16, 16)
-    from softvq_demo.ui.common import tned
+    from softvq_demo.analysis.ocr import tned
     res = T.analyze_text_tokens(toy, lat, mask, mode="zero", read_text=read, similarity=tned)
     assert res.base_text == "AB" and res.base_similarity == 1.0
     assert sorted(res.ranking()[:2]) == [5, 6]

@@ -94,43 +94,13 @@ def fmt(v: Optional[float], digits: int = 3) -> str:
 
 # --------------------------------------------------------------------------- metrics / OCR
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    try:
-        from ..analysis import metrics
-        return float(metrics.psnr(a, b))
-    except (ImportError, AttributeError):
-        mse = float((((a.float() - b.float()) / 2) ** 2).mean())
-        return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+    from ..analysis import metrics
+    return float(metrics.psnr(a, b))
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    try:
-        from ..analysis import metrics
-        return float(metrics.ssim(a, b))
-    except (ImportError, AttributeError):
-        return _ssim_fallback(a, b)
-
-
-def _ssim_fallback(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Gaussian-window SSIM on luma in [0, 1] (used only until analysis.metrics lands)."""
-    import torch.nn.functional as F
-
-    def luma(x):
-        x = (x.float().clamp(-1, 1) + 1) / 2
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-    x, y = luma(a), luma(b)
-    g = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
-    g = (g / g.sum())
-    w = (g[:, None] * g[None, :])[None, None]
-    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mu_x ** 2
-    syy = F.conv2d(y * y, w) - mu_y ** 2
-    sxy = F.conv2d(x * y, w) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    from ..analysis import metrics
+    return float(metrics.ssim(a, b))
 
 
 @dataclass
@@ -172,26 +142,7 @@ class OCR:
 
     def similarity(self, pred: str, ref: str) -> float:
         """T-NED: 1 − normalised edit distance (1 = same text)."""
-        m = self.module
-        for name in ("tned", "t_ned", "text_ned", "ned_similarity"):
-            if m is not None and hasattr(m, name):
-                return float(getattr(m, name)(pred, ref))
-        return tned(pred, ref)
-
-
-def tned(pred: str, ref: str) -> float:
-    """1 − Levenshtein(pred, ref) / max(len) (case-insensitive, whitespace-normalised)."""
-    a = " ".join(str(pred).lower().split())
-    b = " ".join(str(ref).lower().split())
-    if not a and not b:
-        return 1.0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
+        return float(self.module.tned(pred, ref))
 
 
 # --------------------------------------------------------------------------- app context
