@@ -1,0 +1,1 @@
+"""Training of the embedded textscenes models (``python -m softvq_demo.train --help``)."""
