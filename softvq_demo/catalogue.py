@@ -97,9 +97,9 @@ CATALOGUE: list[ModelEntry] = [
     _maskgit("s128", 128, 1.97, notes="U-ViT generator (model_type UViT), written from the "
              "official code; no fixture checks its numbers"),
     # --- our embedded models, trained on textscenes (checkpoints/) ------------------------------
-    ModelEntry("textscenes-softvq-32", "tokenizer", "softvq", None, 128, 32, token_dim=16,
+    ModelEntry("textscenes-softvq-32", "tokenizer", "softvq", None, 128, 32, token_dim=32,
                embedded="textscenes-softvq-32", notes="embedded; see its model card"),
-    ModelEntry("textscenes-sit", "generator", "sit", None, 128, 32, token_dim=16,
+    ModelEntry("textscenes-sit", "generator", "sit", None, 128, 32, token_dim=32,
                pair="textscenes-softvq-32", embedded="textscenes-sit",
                notes="embedded; see its model card"),
     ModelEntry("textscenes-titok-32", "tokenizer", "titok", None, 128, 32, token_dim=16,

@@ -39,6 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--log-every", type=int, default=100)
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks (eager if it fails)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
     o.add_argument("--lr", type=float, default=4e-4)
@@ -69,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(f"--{name}", type=int, default=None)
     l = t.add_argument_group("losses")
     l.add_argument("--tau", type=float, default=0.07, help="SoftVQ softmax temperature")
-    l.add_argument("--text-weight", type=float, default=4.0, help="extra L1/L2 weight inside the text mask")
+    l.add_argument("--text-weight", type=float, default=16.0, help="extra L1/L2 weight inside the text mask")
     l.add_argument("--l2-weight", type=float, default=1.0)
     l.add_argument("--grad-weight", type=float, default=0.5, help="L1 on image gradients")
     l.add_argument("--entropy-weight", type=float, default=0.01, help="SoftVQ entropy term")
-    l.add_argument("--aux-weight", type=float, default=0.1,
-                   help="SoftVQ: class-word prediction from the mean token (training-only head)")
+    l.add_argument("--aux-weight", type=float, default=0.5,
+                   help="class-word prediction from the tokens (training-only head; 0: off)")
     l.add_argument("--commit", type=float, default=0.25, help="TiTok commitment beta")
     l.add_argument("--vq-weight", type=float, default=1.0, help="TiTok codebook+commitment weight")
     l.add_argument("--restart-every", type=int, default=200, help="TiTok dead-code restart period")

@@ -89,6 +89,8 @@ def bert_init(module: nn.Module) -> None:
 
 
 class SiTTrainer(Trainer):
+    compile_targets = ("",)
+
     def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
         self.model = model
@@ -96,18 +98,20 @@ class SiTTrainer(Trainer):
         model.pos_embed.requires_grad_(False)  # frozen sin-cos table, as in SiT
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return flow_matching_loss(self.model, batch["tokens"], batch["label"],
+        return flow_matching_loss(self.fast(), batch["tokens"], batch["label"],
                                   num_classes=self.model.num_classes, label_dropout=self.args.label_dropout)
 
 
 class MaskGITTrainer(Trainer):
+    compile_targets = ("",)
+
     def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
         self.model = model
         self.args = args
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return masked_token_loss(self.model, batch["tokens"], batch["label"], mask_id=self.model.mask_token_id,
+        return masked_token_loss(self.fast(), batch["tokens"], batch["label"], mask_id=self.model.mask_token_id,
                                  label_dropout=self.args.label_dropout,
                                  label_smoothing=self.args.label_smoothing)
 

@@ -22,6 +22,23 @@ class Trainer(nn.Module):
     """
 
     model: nn.Module
+    compile_targets: tuple[str, ...] = ()   # submodules of ``model`` that --compile compiles
+
+    def enable_compile(self) -> None:
+        """torch.compile the heavy submodules; kept outside the module tree (plain dict), so state
+        dicts, EMA copies and exports never see compiled wrappers."""
+        self.__dict__["_compiled"] = {name: torch.compile(self.model.get_submodule(name) if name else self.model)
+                                      for name in self.compile_targets}
+
+    def disable_compile(self) -> None:
+        self.__dict__["_compiled"] = {}
+
+    def fast(self, name: str = "") -> nn.Module:
+        """The compiled version of ``model.<name>`` when --compile is on, else the module."""
+        compiled = self.__dict__.get("_compiled") or {}
+        if name in compiled:
+            return compiled[name]
+        return self.model.get_submodule(name) if name else self.model
 
     def after_step(self, step: int, progress: float, d: Dist) -> dict:  # hooks (codebook restarts)
         return {}
@@ -49,6 +66,8 @@ def fit(trainer: Trainer, args: argparse.Namespace, d: Dist, *, image_size: int,
     if ema is not None:
         ema.model.to(device)
 
+    if getattr(args, "compile", False):
+        trainer.enable_compile()
     model_for_step: nn.Module = trainer
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -103,10 +122,21 @@ def fit(trainer: Trainer, args: argparse.Namespace, d: Dist, *, image_size: int,
             lr = lr_at(step, progress, args.lr, args.warmup, args.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with autocast(device):
-                losses = model_for_step(batch)
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            try:
+                with autocast(device):
+                    losses = model_for_step(batch)
+                losses["loss"].backward()
+            except Exception as err:  # a failed torch.compile falls back to eager, once
+                if step != step0 or not getattr(args, "compile", False):
+                    raise
+                print(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); running eager",
+                      flush=True)
+                trainer.disable_compile()
+                opt.zero_grad(set_to_none=True)
+                with autocast(device):
+                    losses = model_for_step(batch)
+                losses["loss"].backward()
             if args.grad_clip > 0:
                 losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainer.parameters(), args.grad_clip)
             opt.step()

@@ -101,32 +101,45 @@ def _to_images(u8: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- trainers
+def aux_head(num_tokens: int, dim: int, num_classes: int, hidden: int = 256) -> nn.Module:
+    """Training-only word classifier over all (quantized) tokens, our stand-in for the paper's
+    alignment to a pretrained encoder: it makes the tokens carry the word's identity."""
+    return nn.Sequential(nn.Flatten(1), nn.LayerNorm(num_tokens * dim), nn.Linear(num_tokens * dim, hidden),
+                         nn.GELU(), nn.Linear(hidden, num_classes))
+
+
+def _aux_loss(head: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    logits = head(tokens.float())
+    return dict(aux_ce=F.cross_entropy(logits, labels),
+                aux_acc=(logits.argmax(-1) == labels).float().mean().detach())
+
+
 class SoftVQTrainer(Trainer):
+    compile_targets = ("encoder", "decoder")
+
     def __init__(self, model: nn.Module, args: argparse.Namespace, num_classes: int):
         super().__init__()
         self.model = model
         self.args = args
         # The decoder ViT's patch embedding exists (official layout) but is never used.
         model.decoder.model.patch_embed.requires_grad_(False)
-        self.aux = nn.Linear(model.token_dim, num_classes) if args.aux_weight > 0 else None
+        self.aux = aux_head(model.num_tokens, model.token_dim, num_classes) if args.aux_weight > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m, a = self.model, self.args
         x = _to_images(batch["image"])
-        z = m.quant_conv(m.encoder(x))
+        z = m.quant_conv(self.fast("encoder")(x))
         q = m.quantize
         with torch.autocast(x.device.type, enabled=False):  # posteriors in fp32, not bf16
             probs = torch.softmax(q.logits(z.float()) / q.tau, dim=-1)
             zq = q.mix(probs)
-        recon = m.decoder(m.post_quant_conv(zq), (m.image_size, m.image_size))
+        recon = self.fast("decoder")(m.post_quant_conv(zq), (m.image_size, m.image_size))
         out = reconstruction_loss(recon, x, batch["mask"], text_weight=a.text_weight,
                                   l2_weight=a.l2_weight, grad_weight=a.grad_weight)
         out.update(soft_vq_entropy_loss(probs, m.num_codebooks))
         loss = out["rec"] + a.entropy_weight * out["entropy"]
         if self.aux is not None:
-            logits = self.aux(zq.float().mean(dim=1))
-            out["aux_ce"] = F.cross_entropy(logits, batch["label"])
-            out["aux_acc"] = (logits.argmax(-1) == batch["label"]).float().mean()
+            out.update(_aux_loss(self.aux, zq, batch["label"]))
             loss = loss + a.aux_weight * out["aux_ce"]
         with torch.no_grad():
             out["max_prob"] = probs.max(dim=-1).values.mean()
@@ -135,10 +148,13 @@ class SoftVQTrainer(Trainer):
 
 
 class TiTokTrainer(Trainer):
-    def __init__(self, model: nn.Module, args: argparse.Namespace):
+    compile_targets = ("encoder", "decoder")
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, num_classes: int):
         super().__init__()
         self.model = model
         self.args = args
+        self.aux = aux_head(model.num_tokens, model.token_dim, num_classes) if args.aux_weight > 0 else None
         v = model.codebook_size
         self.register_buffer("usage", torch.zeros(v), persistent=False)
         self.recent: Optional[torch.Tensor] = None
@@ -146,7 +162,7 @@ class TiTokTrainer(Trainer):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m, a = self.model, self.args
         x = _to_images(batch["image"])
-        z = m.encoder((x + 1) / 2, m.latent_tokens)            # B×C×1×N, official layout
+        z = self.fast("encoder")((x + 1) / 2, m.latent_tokens)  # B×C×1×N, official layout
         z = z.squeeze(2).transpose(1, 2).float()               # B×N×C
         with torch.autocast(x.device.type, enabled=False):  # distances in fp32, as upstream
             zn = F.normalize(z, dim=-1) if m.quantize.use_l2_norm else z
@@ -158,16 +174,20 @@ class TiTokTrainer(Trainer):
             codes = codebook[idx].view_as(zn)
             out = vq_losses(zn, codes, a.commit)
             z_st = zn + (codes - zn).detach()
-        recon = m.decoder(z_st.to(m.decoder.decoder_embed.weight.dtype)).float() * 2 - 1
+        recon = self.fast("decoder")(z_st.to(m.decoder.decoder_embed.weight.dtype)).float() * 2 - 1
         out.update(reconstruction_loss(recon, x, batch["mask"], text_weight=a.text_weight,
                                        l2_weight=a.l2_weight, grad_weight=a.grad_weight))
+        loss = out["rec"] + a.vq_weight * out["vq"]
+        if self.aux is not None:
+            out.update(_aux_loss(self.aux, z_st, batch["label"]))
+            loss = loss + a.aux_weight * out["aux_ce"]
         with torch.no_grad():
             counts = torch.bincount(idx, minlength=m.codebook_size).float()
             self.usage += counts
             p = counts / counts.sum()
             out["perplexity"] = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
             self.recent = flat.detach()[torch.randperm(flat.shape[0], device=flat.device)[:4096]]
-        out["loss"] = out["rec"] + a.vq_weight * out["vq"]
+        out["loss"] = loss
         return out
 
     @torch.no_grad()
@@ -287,7 +307,7 @@ def train_tokenizer(args: argparse.Namespace, d: Dist) -> dict:
         n = sum(t.numel() for t in model.state_dict().values())
         print(f"{args.family} tokenizer: {n / 1e6:.2f}M parameters ({n * 4 / 2**20:.1f} MiB fp32), "
               f"{model.num_tokens} tokens × {model.token_dim}, codebook {model.codebook_size}", flush=True)
-    trainer = SoftVQTrainer(model, args, NUM_CLASSES) if args.family == "softvq" else TiTokTrainer(model, args)
+    trainer = (SoftVQTrainer if args.family == "softvq" else TiTokTrainer)(model, args, NUM_CLASSES)
     s = model.image_size
     fields = {"image": ((3, s, s), torch.uint8), "mask": ((s, s), torch.bool), "label": ((), torch.long)}
 
