@@ -77,46 +77,54 @@ def make_images(folder: Path) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def app(reference, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app")
-    files = make_images(tmp / "images")
+def launch(args: list, tmp: Path):
+    """Start app.py with ``args`` on a free port; returns (process, client, url, log path)."""
+    from gradio_client import Client
+
     port = free_port()
-    tok_a = reference / "softvq" / "tiny"
-    tok_b = tokenizer_b(reference)
-    gen = reference / "softvq" / "sit_tiny"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "CUDA_VISIBLE_DEVICES": ""}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--tokenizer", str(tok_a),
-                             "--tokenizer", str(tok_b), "--generator", str(gen),
-                             *(["--generator", str(reference / "titok" / "maskgit_tiny")]
-                               if tok_b.name == "tiny_pixels" else []), "--port", str(port),
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *map(str, args), "--port", str(port),
                              "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    from gradio_client import Client
-
     deadline = time.time() + 120
-    client = None
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("app exited:\n" + (tmp / "server.log").read_text()[-3000:])
+            raise RuntimeError("app exited:\n" + log_path.read_text()[-3000:])
         try:
-            client = Client(url, verbose=False, download_files=str(tmp / "dl"))
-            break
+            return proc, Client(url, verbose=False, download_files=str(tmp / "dl")), url, log_path
         except Exception:
             time.sleep(0.5)
-    if client is None:
-        proc.kill()
-        raise RuntimeError("app did not start:\n" + (tmp / "server.log").read_text()[-3000:])
-    yield {"client": client, "files": files, "url": url, "proc": proc, "log": tmp / "server.log",
-           "a": tok_a.name, "b": tok_b.name, "gen": gen.name}
+    proc.kill()
+    raise RuntimeError("app did not start:\n" + log_path.read_text()[-3000:])
+
+
+def stop(proc):
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def app(reference, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    files = make_images(tmp / "images")
+    tok_a = reference / "softvq" / "tiny"
+    tok_b = tokenizer_b(reference)
+    gen = reference / "softvq" / "sit_tiny"
+    args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen]
+    if tok_b.name == "tiny_pixels":
+        args += ["--generator", reference / "titok" / "maskgit_tiny"]
+    proc, client, url, log = launch(args, tmp)
+    yield {"client": client, "files": files, "url": url, "proc": proc, "log": log,
+           "a": tok_a.name, "b": tok_b.name, "gen": gen.name, "gen_b": "maskgit_tiny",
+           "n_a": 16}
+    stop(proc)
 
 
 def call(app, api, *args):

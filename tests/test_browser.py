@@ -22,7 +22,7 @@ if not (Path(CHROME).exists() and Path(DRIVER).exists()):
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from test_app import app  # noqa: E402,F401  (the running-app fixture)
+from test_app import app, launch, make_images, stop  # noqa: E402,F401  (app launchers)
 
 SHOTS = Path(tempfile.mkdtemp(prefix="softvq-shots-"))
 
@@ -45,6 +45,31 @@ def browser():
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ui_app(request, tmp_path_factory):
+    """The tiny-fixture app; with SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
+    its embedded models, for docs/screenshots/."""
+    from softvq_demo.catalogue import embedded_available
+
+    names = {e.kind: [] for e in embedded_available()}
+    for e in embedded_available():
+        names[e.kind].append(e.name)
+    if os.environ.get("SCREENSHOT_MODELS") != "embedded" or len(names.get("tokenizer", [])) < 2 \
+            or not names.get("generator"):
+        yield request.getfixturevalue("app")
+        return
+    from softvq_demo import load_tokenizer
+
+    tmp = tmp_path_factory.mktemp("embedded")
+    proc, client, url, log = launch([], tmp)
+    gens = names["generator"]
+    yield {"client": client, "files": make_images(tmp / "images"), "url": url, "proc": proc,
+           "log": log, "a": names["tokenizer"][0], "b": names["tokenizer"][1], "gen": gens[0],
+           "gen_b": gens[1] if len(gens) > 1 else None,
+           "n_a": load_tokenizer(names["tokenizer"][0], device="cpu").num_tokens}
+    stop(proc)
 
 
 def wait(driver, cond, timeout=60, what="condition"):
@@ -112,7 +137,9 @@ def uploaded(driver, container: str):
     wait(driver, lambda d: image_src(d, container), 30, f"upload preview in {container}")
 
 
-def test_every_tab(app, browser):
+def test_every_tab(ui_app, browser):
+    app = ui_app
+    n = app["n_a"]
     d = browser
     files = app["files"]
     d.get(app["url"])
@@ -143,7 +170,7 @@ def test_every_tab(app, browser):
     uploaded(d, "lab-a")
     uploaded(d, "lab-b")
     click(d, "#lab-run")
-    wait(d, lambda d: "16 tokens ablated" in text(d, "lab-summary") and has_plot(d, "lab-bars"), 60,
+    wait(d, lambda d: f"{n} tokens ablated" in text(d, "lab-summary") and has_plot(d, "lab-bars"), 60,
          "ablation")
     assert image_src(d, "lab-grid")
     grid = el(d, "#lab-grid img")
@@ -158,7 +185,7 @@ def test_every_tab(app, browser):
     click(d, "#lab-subset")
     click(d, "#lab-swap")
     click(d, "#lab-interp")
-    wait(d, lambda d: "Kept 4/16" in d.find_element(By.TAG_NAME, "body").text
+    wait(d, lambda d: f"Kept 4/{n}" in d.find_element(By.TAG_NAME, "body").text
          and "Swapped 4 token(s)" in d.find_element(By.TAG_NAME, "body").text
          and "t = 1.00" in d.page_source, 60, "subset, swap and interpolation")
     shot(d, "2-token-lab")
@@ -198,19 +225,23 @@ def test_every_tab(app, browser):
          and "images / s" in text(d, "gen-timing"), 90, "generation")
     assert "cpu" in text(d, "gen-timing")
     shot(d, "5-generate")
-    if app["b"] == "tiny_pixels":  # switching to MaskGIT brings its classes and sampler defaults
+    if app.get("gen_b") and app["b"] != "tiny_nol2":  # switching to MaskGIT: its classes, defaults
         from selenium.webdriver.common.keys import Keys
         box = el(d, "#gen input")
         driver_click = d.execute_script
         driver_click("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", box)
         box.click()
         box.send_keys(Keys.CONTROL, "a")
-        box.send_keys("maskgit_tiny")
+        box.send_keys(app["gen_b"])
         time.sleep(0.3)
         box.send_keys(Keys.ENTER)
-        wait(d, lambda d: "0: class 0" in text(d, "gen-classes"), 30, "MaskGIT classes")
+        # the header change loads the MaskGIT's classes and sampler defaults (guidance decay)
+        wait(d, lambda d: d.execute_script(
+            "const r = [...document.querySelectorAll('input[type=radio]')].find(x => x.checked && "
+            "['linear','constant','power-cosine'].includes(x.value)); return !!r"), 30,
+             "MaskGIT sampler defaults")
         click(d, "#gen-run")
-        wait(d, lambda d: "maskgit_tiny → tiny_pixels" in text(d, "gen-notes"), 60, "MaskGIT run")
+        wait(d, lambda d: f"{app['gen_b']} → {app['b']}" in text(d, "gen-notes"), 60, "MaskGIT run")
 
     # 6. Text tokens: a typed box, the analysis for A and B, the dataset view refuses politely
     open_tab(d, "Text tokens")
