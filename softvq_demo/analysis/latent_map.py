@@ -56,15 +56,31 @@ def features(latents: torch.Tensor, view: str = "image", pool: str = "concat"
     raise ValueError(f"unknown view {view!r}: use 'image' or 'token'")
 
 
+def top_components(x: np.ndarray, k: int) -> np.ndarray:
+    """The top-``k`` principal directions (k×D) of centred data, by an eigendecomposition of the
+    smaller of XᵀX and XXᵀ: far faster than a full SVD for 2,000 × 1,024 features."""
+    from scipy.linalg import eigh
+
+    m, d = x.shape
+    k = min(k, m, d)
+    if d <= m:
+        c = x.T @ x
+        _, v = eigh(c, subset_by_index=[d - k, d - 1])
+        return v[:, ::-1].T
+    g = x @ x.T
+    _, u = eigh(g, subset_by_index=[m - k, m - 1])
+    u = u[:, ::-1]
+    comps = (x.T @ u).T
+    return comps / np.maximum(np.linalg.norm(comps, axis=1, keepdims=True), 1e-12)
+
+
 def pca_2d(x: np.ndarray) -> np.ndarray:
-    """Exact 2-D PCA (SVD of the centred data)."""
+    """Exact 2-D PCA of the rows of ``x``."""
     x = np.asarray(x, np.float64)
     if x.shape[0] < 2:
         return np.zeros((x.shape[0], 2), np.float32)
     xc = x - x.mean(0, keepdims=True)
-    # For wide data go through the small Gram matrix.
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    y = xc @ vt[:2].T
+    y = xc @ top_components(xc, 2).T
     if y.shape[1] < 2:
         y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
     return y.astype(np.float32)
@@ -77,9 +93,8 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: i
     if m < 4:
         return pca_2d(x)
     if x.shape[1] > 50 and m > 50:
-        xc = x - x.mean(0, keepdims=True)
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-        x = (xc @ vt[:50].T).astype(np.float32)
+        xc = (x - x.mean(0, keepdims=True)).astype(np.float64)
+        x = (xc @ top_components(xc, 50).T).astype(np.float32)
     import umap  # heavy import (numba): only when asked
 
     reducer = umap.UMAP(n_components=2, n_neighbors=int(min(max(2, n_neighbors), m - 1)),

@@ -111,12 +111,34 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                        concurrency_limit=1)
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
         demo.load(on_gen, [ctx.gen], gen_outputs)
+    warm_up_umap()
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
     demo.launch_kwargs = {"css": CSS, "js": click_js}  # type: ignore[attr-defined]
     demo.manager = manager  # type: ignore[attr-defined]
     demo.ctx = ctx          # type: ignore[attr-defined]
     return demo
+
+
+def warm_up_umap() -> None:
+    """Compile UMAP's numba kernels in the background (≈10 s once per process), so the first
+    latent map a user asks for is not the one that pays for it. SOFTVQ_NO_WARMUP=1 disables it."""
+    import os
+    import threading
+
+    if os.environ.get("SOFTVQ_NO_WARMUP"):
+        return
+
+    def run():
+        try:
+            import numpy as np
+
+            from ..analysis.latent_map import umap_2d
+            umap_2d(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), n_neighbors=8)
+        except Exception as err:  # optional: never block the app
+            log.info("UMAP warm-up skipped: %s", err)
+
+    threading.Thread(target=run, name="umap-warmup", daemon=True).start()
 
 
 def _second(toks: list[str]) -> str:
