@@ -199,8 +199,11 @@ def test_reconstruct_odd_inputs(app):
 
 def test_token_lab(app):
     a, b = f(app, "img0"), f(app, "img1")
-    grid, bars, summary, token, k = call(app, "/ablate", a, b, app["a"], "mean", 0)
+    grid, bars, summary, token, k, base, ablated, heat, md = call(app, "/ablate", a, b, app["a"],
+                                                                  "mean", 0)
     assert img(grid).shape[0] >= 256 and "16 tokens ablated" in summary
+    top = int(summary.split("Most important: ")[1].split(" ")[0])
+    assert f"Token **{top}**" in md and "rank 1 of 16" in md   # the top token is shown large
     effects = arr(plot(bars)["data"][0]["y"])
     assert len(effects) == 16 and max(effects) > 0
     base, ablated, heat, md, bars2 = call(app, "/select_token", a, b, app["a"], "mean", 0, 5)

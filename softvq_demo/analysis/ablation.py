@@ -401,8 +401,11 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def map_grid(maps: torch.Tensor, columns: Optional[int] = None, pad: int = 2,
-             vmax: Optional[float] = None) -> np.ndarray:
-    """Tile K×H×W difference maps (shared colour scale) into one uint8 image, row-major."""
+             vmax: Optional[float] = None, tile: Optional[int] = None) -> np.ndarray:
+    """Tile K×H×W difference maps (shared colour scale) into one uint8 image, row-major.
+    ``tile``: shrink each map to tile×tile first (max-pooling, so small hot spots stay visible)."""
+    if tile is not None and tile < maps.shape[-1]:
+        maps = torch.nn.functional.adaptive_max_pool2d(maps.unsqueeze(1).float(), tile)[:, 0]
     k, h, w = maps.shape
     columns = columns or int(math.ceil(math.sqrt(k)))
     rows = int(math.ceil(k / columns))
@@ -431,7 +434,7 @@ def effect_bar_figure(effect: torch.Tensor, selected: Optional[int] = None,
         hovertemplate="token %{x}<br>mean |Δ| %{y:.4f}<br>rank %{customdata[0]}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="token index", yaxis_title="mean |Δ pixel| (0–1)",
                       height=320, margin=dict(l=50, r=20, t=50, b=40), bargap=0.15)
-    fig.update_xaxes(dtick=1 if n <= 32 else max(1, n // 16))
+    fig.update_xaxes(dtick=1 if n <= 16 else 2 if n <= 32 else max(1, n // 16))
     return fig
 
 

@@ -100,9 +100,9 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     lines = [f"**{name}** text tokens{auto_note}: {', '.join(map(str, toks))}."]
     if ocr:
         kt, dt = ocr.read(A.to_uint8(keep)), ocr.read(A.to_uint8(drop))
-        lines.append(f"OCR original: `{ref}` · reconstruction: `{res.base_text}` (T-NED "
-                     f"{res.base_similarity:.3f}) · keep only text tokens: `{kt}` (T-NED "
-                     f"{ocr.similarity(kt, ref):.3f}) · drop only text tokens: `{dt}` (T-NED "
+        lines.append(f"OCR original: {_q(ref)} · reconstruction: {_q(res.base_text)} (T-NED "
+                     f"{res.base_similarity:.3f}) · keep only text tokens: {_q(kt)} (T-NED "
+                     f"{ocr.similarity(kt, ref):.3f}) · drop only text tokens: {_q(dt)} (T-NED "
                      f"{ocr.similarity(dt, ref):.3f}).")
     else:
         lines.append(f"_Ranking by pixels only: {ctx.ocr.error or 'OCR off'}._")
@@ -112,6 +112,12 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     ov = T.mask_overlay(A.overlay(A.to_uint8(x[0]), heat), mask, color=(0, 255, 0), alpha=0.2)
     return (upscale_to(ov, 256), table, fig, upscale_to(A.to_uint8(keep), 256),
             upscale_to(A.to_uint8(drop), 256), "\n\n".join(lines))
+
+
+def _q(text: str) -> str:
+    """OCR text for markdown: quoted, or a note when nothing was read."""
+    text = (text or "").strip().replace("`", "'")
+    return f"`{text}`" if text else "_(nothing read)_"
 
 
 def analyse(ctx: Ctx, image, tok_a: str, tok_b: str, boxes_text: str, mode: str, k, use_ocr: bool,

@@ -57,7 +57,7 @@ def ablation_view(st: dict, selected: int = 0):
     res: A.AblationResult = st["res"]
     n = res.num_tokens
     cols = int(math.ceil(math.sqrt(n)))
-    grid = A.map_grid(res.maps, columns=cols)
+    grid = A.map_grid(res.maps, columns=cols, pad=GRID_PAD, tile=grid_tile(res))
     order = res.ranking()
     top = ", ".join(f"{i} ({float(res.effect[i]):.3g})" for i in order[:5])
     md = (f"**{n} tokens ablated** ({A.REPLACEMENT_LABELS[res.mode]}) in one batched pass: "
@@ -181,12 +181,17 @@ def build(ctx: Ctx):
     common_in = [state, img_a, img_b, ctx.tok_a, mode, seed]
 
     def do_ablate(state, a, b, tok, mode, seed):
+        """Ablate all tokens; the most important one is selected and shown large."""
         st = prepare(ctx, state, a, b, tok, mode, seed)
         n = st["res"].num_tokens
-        g, fig, md = ablation_view(st, 0)
-        return (st, g, fig, md, gr.update(maximum=n - 1, value=0), gr.update(maximum=n))
+        top = st["res"].ranking()[0]
+        g, _, md = ablation_view(st, top)
+        b_img, a_img, h_img, t_md, fig = token_view(st, top)
+        return (st, g, fig, md, gr.update(maximum=n - 1, value=top), gr.update(maximum=n),
+                b_img, a_img, h_img, t_md)
 
-    btn.click(event(do_ablate), common_in, [state, grid, bars, summary, token, k],
+    btn.click(event(do_ablate), common_in,
+              [state, grid, bars, summary, token, k, base, ablated, heat, token_md],
               api_name="ablate", concurrency_limit=2)
 
     def do_token(state, a, b, tok, mode, seed, i):
@@ -226,9 +231,21 @@ def build(ctx: Ctx):
                      api_name="interpolate", concurrency_limit=2)
 
 
-def grid_cell(res: A.AblationResult, x: float, y: float, display: int = 384, pad: int = 2) -> int:
-    """Token index under pixel (x, y) of the enlarged grid image shown by ``ablation_view``."""
-    n, h, w = res.maps.shape
+GRID_PAD = 3
+GRID_WIDTH = 400  # target width of the tiled difference maps, in pixels
+
+
+def grid_tile(res: A.AblationResult) -> int:
+    """Side of each tile: the maps shrunk so that the grid is about GRID_WIDTH wide."""
+    n, h, _ = res.maps.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    return max(8, min(h, GRID_WIDTH // cols - GRID_PAD))
+
+
+def grid_cell(res: A.AblationResult, x: float, y: float, display: int = 384, pad: int = GRID_PAD) -> int:
+    """Token index under pixel (x, y) of the grid image shown by ``ablation_view``."""
+    n = res.maps.shape[0]
+    h = w = grid_tile(res)
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     f = max(1, int(math.ceil(display / (rows * (h + pad) + pad))))
