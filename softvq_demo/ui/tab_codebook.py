@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gradio as gr
+import torch
 
 from ..analysis import codebook as C
 from ..analysis.ablation import encode
@@ -37,14 +38,24 @@ def posteriors(ctx: Ctx, image, tok_name: str, top):
     raise InputError(f"{tok_name} has continuous tokens without a codebook: nothing to show here")
 
 
-def usage(ctx: Ctx, tok_name: str, source: str, count, files):
+def usage(ctx: Ctx, tok_name: str, source: str, count, files, progress=None):
     tok = ctx.tokenizer(tok_name)
     source = parse_choice(source, "image set", list(datasets.SOURCES))
     count = parse_int(count, "number of images", 1, 2048)
     if not tok.codebook_size:
         raise InputError(f"{tok_name} has no codebook")
+    step = progress or (lambda f, m: None)
+    step(0.0, "loading images")
     s = datasets.get(source, tok.image_size, count, files)
-    enc = encode(tok, s.images)
+    parts = []
+    for i in range(0, s.images.shape[0], 64):
+        parts.append(encode(tok, s.images[i:i + 64]))
+        step(min(1.0, (i + 64) / s.images.shape[0]), f"encoded {min(i + 64, s.images.shape[0])}"
+             f"/{s.images.shape[0]}")
+    enc = type(parts[0])(latents=torch.cat([p.latents for p in parts]),
+                         probs=None if parts[0].probs is None else torch.cat([p.probs for p in parts]),
+                         indices=None if parts[0].indices is None else
+                         torch.cat([p.indices for p in parts]))
     if enc.indices is None:
         raise InputError(f"{tok_name} gives no indices")
     u = C.codebook_usage(enc.indices, tok.codebook_size, tok.num_codebooks, enc.probs)
@@ -77,6 +88,9 @@ def build(ctx: Ctx):
 
     btn.click(event(lambda im, t, k: posteriors(ctx, im, t, k)), [image, ctx.tok_a, top],
               [post, ent, md], api_name="codebook", concurrency_limit=4)
-    ubtn.click(event(lambda t, s, c, f: usage(ctx, t, s, c, f), duration=120),
+    def ufn(t, s, c, f, progress=gr.Progress()):
+        return usage(ctx, t, s, c, f, progress=lambda x, m: progress(x, desc=m))
+
+    ubtn.click(event(ufn, duration=120),
                [ctx.tok_a, source, count, files], [ufig, utable], api_name="codebook_usage",
                concurrency_limit=2)
