@@ -56,17 +56,22 @@ def ui_app(request, tmp_path_factory):
     names = {e.kind: [] for e in embedded_available()}
     for e in embedded_available():
         names[e.kind].append(e.name)
-    if os.environ.get("SCREENSHOT_MODELS") != "embedded" or len(names.get("tokenizer", [])) < 2 \
-            or not names.get("generator"):
+    if os.environ.get("SCREENSHOT_MODELS") != "embedded" or len(names.get("tokenizer", [])) < 2:
         yield request.getfixturevalue("app")
         return
     from softvq_demo import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("embedded")
     proc, client, url, log = launch([], tmp)
-    gens = names["generator"]
-    yield {"client": client, "files": make_images(tmp / "images"), "url": url, "proc": proc,
-           "log": log, "a": names["tokenizer"][0], "b": names["tokenizer"][1], "gen": gens[0],
+    gens = names.get("generator", [])  # may still be training: the Generate tab is then shown idle
+    files = make_images(tmp / "images")
+    examples = ROOT / "assets" / "examples"
+    for key, name in (("img0", "photo_coffee_300x200.jpg"), ("img1", "house_textscenes_03.png"),
+                      ("img2", "moon_textscenes_00.png")):
+        if (examples / name).is_file():
+            files[key] = examples / name
+    yield {"client": client, "files": files, "url": url, "proc": proc,
+           "log": log, "a": names["tokenizer"][0], "b": names["tokenizer"][1], "gen": gens[0] if gens else None,
            "gen_b": gens[1] if len(gens) > 1 else None,
            "n_a": load_tokenizer(names["tokenizer"][0], device="cpu").num_tokens}
     stop(proc)
@@ -160,7 +165,9 @@ def test_every_tab(ui_app, browser):
     wait(d, lambda d: app["b"] in text(d, "rec-table") and image_src(d, "rec-a"), 60, "metrics")
     body = text(d, "rec-table")
     assert "PSNR" in body and app["a"] in body
-    assert "200×120" in text(d, "rec-notes")
+    from PIL import Image
+    w, h = Image.open(files["img0"]).size
+    assert f"{w}×{h}" in text(d, "rec-notes")
     shot(d, "1-reconstruct")
 
     # 2. Token lab: ablate, select a token by clicking the grid, subsets, swap, interpolate
@@ -200,16 +207,28 @@ def test_every_tab(ui_app, browser):
     assert len(d.find_elements(By.CSS_SELECTOR, "#cb-post .heatmaplayer, #cb-post .hm")) >= 1
     shot(d, "3-codebook")
 
-    # 4. Latent map from an uploaded batch; clicking a point shows that image
+    # 4. Latent map from an uploaded batch (embedded models: the held-out textscenes split,
+    # coloured by class); clicking a point shows that image
     open_tab(d, "Latent map")
-    labels = [l for l in d.find_elements(By.CSS_SELECTOR, "label") if l.text.strip() == "upload"]
-    d.execute_script("arguments[0].click();", labels[-1])
-    inputs = [i for i in d.find_elements(By.CSS_SELECTOR, "input[type=file][multiple]")
-              if i.is_enabled()]
-    inputs[-1].send_keys("\n".join(str(files[k]) for k in ("img0", "img1", "img2", "rotated", "rgba")))
+
+    def pick(label):
+        labels = [l for l in d.find_elements(By.CSS_SELECTOR, "label") if l.text.strip() == label]
+        d.execute_script("arguments[0].click();", labels[-1])
+
+    if n == 32:
+        pick("textscenes")
+        pick("class")
+        expected = "200 held-out textscenes images"
+    else:
+        pick("upload")
+        inputs = [i for i in d.find_elements(By.CSS_SELECTOR, "input[type=file][multiple]")
+                  if i.is_enabled()]
+        inputs[-1].send_keys("\n".join(str(files[k]) for k in ("img0", "img1", "img2", "rotated",
+                                                                "rgba")))
+        expected = "5 images"
     time.sleep(1.0)
     click(d, "#lm-run")
-    wait(d, lambda d: has_plot(d, "lm-plot") and "5 images" in text(d, "lm-notes"), 60, "latent map")
+    wait(d, lambda d: has_plot(d, "lm-plot") and expected in text(d, "lm-notes"), 120, "latent map")
     d.execute_script("""
         const gd = document.querySelector('#lm-plot .js-plotly-plot');
         gd.emit('plotly_click', {points: [{customdata: [3, -1, '', 'rotated.jpg']}]});""")
@@ -219,6 +238,31 @@ def test_every_tab(ui_app, browser):
 
     # 5. Generate: gallery and timings
     open_tab(d, "Generate")
+    if app["gen"] is None:
+        shot(d, "5-generate")
+    else:
+        generate_in_browser(d, app)
+    # 6. Text tokens: a held-out textscenes image with its ground-truth box, analysed for A and B
+    open_tab(d, "Text tokens")
+    click(d, "#tt-textscenes")
+    uploaded(d, "tt-input")
+    box = el(d, "#tt-boxes textarea, #tt-boxes input")
+    wait(d, lambda d: len(box.get_attribute("value").split(",")) == 4, 30, "ground-truth box")
+    wait(d, lambda d: image_src(d, "tt-canvas"), 30, "canvas")
+    click(d, "#tt-run")
+    wait(d, lambda d: "text tokens" in text(d, "tt-md-a") and has_plot(d, "tt-plot-a")
+         and has_plot(d, "tt-plot-b"), 90, "text-token analysis")
+    assert "effect in text" in text(d, "tt-table-a")
+    shot(d, "6-text-tokens")
+
+    errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"
+              and "favicon" not in e.get("message", "")] if hasattr(d, "get_log") else []
+    assert not [e for e in errors if "Uncaught" in e.get("message", "")], errors
+    assert len(list(SHOTS.glob("[1-6]-*.png"))) == 6
+
+
+def generate_in_browser(d, app):
+    """Generate tab: a run on the header's generator, then a switch to the MaskGIT one."""
     wait(d, lambda d: "0:" in text(d, "gen-classes"), 30, "class names")
     click(d, "#gen-run")
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gen-gallery img")) >= 4
@@ -242,21 +286,3 @@ def test_every_tab(ui_app, browser):
              "MaskGIT sampler defaults")
         click(d, "#gen-run")
         wait(d, lambda d: f"{app['gen_b']} → {app['b']}" in text(d, "gen-notes"), 60, "MaskGIT run")
-
-    # 6. Text tokens: a typed box, the analysis for A and B, the dataset view refuses politely
-    open_tab(d, "Text tokens")
-    upload(d, "tt-input", files["img0"])
-    uploaded(d, "tt-input")
-    box = el(d, "#tt-boxes textarea, #tt-boxes input")
-    box.send_keys("8,8,40,30")
-    wait(d, lambda d: image_src(d, "tt-canvas"), 30, "canvas")
-    click(d, "#tt-run")
-    wait(d, lambda d: "text tokens" in text(d, "tt-md-a") and has_plot(d, "tt-plot-a")
-         and has_plot(d, "tt-plot-b"), 90, "text-token analysis")
-    assert "effect in text" in text(d, "tt-table-a")
-    shot(d, "6-text-tokens")
-
-    errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"
-              and "favicon" not in e.get("message", "")] if hasattr(d, "get_log") else []
-    assert not [e for e in errors if "Uncaught" in e.get("message", "")], errors
-    assert len(list(SHOTS.glob("[1-6]-*.png"))) == 6
