@@ -244,17 +244,16 @@ class GPUReplay:
 
 def feed(stream: RenderStream, replay: GPUReplay, process: Callable, *, max_batches: int = 8,
          min_count: int = 0) -> int:
-    """Move ready batches into the buffer (blocking until it holds ``min_count`` examples)."""
+    """Move up to ``max_batches`` ready batches into the buffer, blocking while it holds fewer
+    than ``min_count`` examples (and returning as soon as it holds that many)."""
     moved = 0
-    while True:
-        block = replay.count < min_count
-        batch = stream.get(block=block)
+    while replay.count < min_count or moved < max_batches:
+        batch = stream.get(block=replay.count < min_count)
         if batch is None:
-            return moved
+            break
         replay.add(**process(batch))
         moved += 1
-        if moved >= max_batches and replay.count >= min_count:
-            return moved
+    return moved
 
 
 # --------------------------------------------------------------------------- optimisation

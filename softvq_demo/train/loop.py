@@ -113,7 +113,7 @@ def fit(trainer: Trainer, args: argparse.Namespace, d: Dist, *, image_size: int,
 
     trainer.train()
     try:
-        feed(stream, replay, process, max_batches=1 << 30, min_count=min(args.min_fill, args.buffer))
+        feed(stream, replay, process, max_batches=0, min_count=min(args.min_fill, args.buffer))
         while True:
             feed(stream, replay, process, max_batches=args.feed_batches)
             batch = replay.sample(per_rank, rng)
