@@ -68,11 +68,15 @@ def make_rng(seed: Seed) -> Optional[torch.Generator]:
 
 def sample(generator: Generator, labels: Labels, *, seed: Seed = None,
            noise: Optional[torch.Tensor] = None, progress: Optional[Callable[[int, int], None]] = None,
-           **options) -> torch.Tensor:
+           fast: Optional[bool] = None, **options) -> torch.Tensor:
     """Run a generator's sampler. SiT options: steps, method (euler|heun|sde), cfg_scale,
     guidance_low, guidance_high, path; MaskGIT options: steps, guidance_scale, guidance_decay,
-    randomize_temperature."""
+    randomize_temperature. ``fast`` (default: on CUDA) uses ``sampling.fast`` (bf16 weights,
+    compiled blocks, CUDA graphs); ``fast=False`` runs the reference sampler."""
+    from .fast import fast_enabled
+
     device = module_device(generator)
+    use_fast = fast_enabled(device, fast)
     y = as_labels(labels, generator.num_classes, device)
     rng = make_rng(seed)
     if generator.family == "sit":
@@ -81,11 +85,18 @@ def sample(generator: Generator, labels: Labels, *, seed: Seed = None,
             shape = (y.shape[0], generator.num_tokens, generator.token_dim)
             noise = torch.randn(shape, generator=rng, device=rng.device if rng else device)
         noise = noise.to(device)
+        if use_fast:
+            from .fast import sample_sit_fast
+            return sample_sit_fast(generator, noise, y, null_class=generator.null_class, rng=rng,
+                                   progress=progress, **opts)
         with autocast(device):
             x = sample_flow(generator, noise, y, null_class=generator.null_class, rng=rng,
                             progress=progress, **opts)
         return x.to(torch.float32)
     if generator.family == "maskgit":
+        if use_fast:
+            from .fast import sample_maskgit_fast
+            return sample_maskgit_fast(generator, y, seed=rng, progress=progress, **options)
         from .maskgit import sample_maskgit
         return sample_maskgit(generator, y, seed=rng, progress=progress, **options)
     raise ValueError(f"no sampler for generator family {generator.family!r}")
@@ -106,22 +117,25 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed: Seed = None,
-             progress: Optional[Callable[[int, int], None]] = None, **options) -> Generation:
+             progress: Optional[Callable[[int, int], None]] = None, fast: Optional[bool] = None,
+             **options) -> Generation:
     """Sample tokens and decode them to images, timing both on the device they ran on."""
     check_pair(tokenizer, generator)
     device = module_device(generator)
     y = as_labels(labels, generator.num_classes, device)
     _sync(device)
     start = time.perf_counter()
-    tokens = sample(generator, y, seed=seed, progress=progress, **options)
+    tokens = sample(generator, y, seed=seed, progress=progress, fast=fast, **options)
     _sync(device)
     mid = time.perf_counter()
     tok_device = module_device(tokenizer)
+    from .fast import fast_enabled, fast_tokenizer
+    decoder = fast_tokenizer(tokenizer) if fast_enabled(tok_device, fast) else tokenizer
     with autocast(tok_device):
         if generator.family == "sit":
-            images = tokenizer.decode(tokenizer.denormalize(tokens.to(tok_device)))
+            images = decoder.decode(tokenizer.denormalize(tokens.to(tok_device)))
         else:
-            images = tokenizer.decode(tokens.to(tok_device))
+            images = decoder.decode(tokens.to(tok_device))
     images = images.float().clamp(-1, 1)
     _sync(tok_device)
     end = time.perf_counter()

@@ -1,0 +1,3 @@
+from .gpu import main
+
+main()

@@ -1,0 +1,174 @@
+"""The inference fast path (``softvq_demo.sampling.fast``) computes the reference's function.
+
+CPU only, seconds: on the CPU the fast path runs eagerly (no compile, no CUDA graphs), so these
+tests check its arithmetic -- the functional SiT forward, the precomputed adaLN table, the closed
+form of the Euler/SDE updates, the float32 sampler state, the CFG batching, MaskGIT's schedule
+and random draws, the bf16 module copies -- against the reference implementations. The GPU
+side (compile, graphs) is checked by ``python -m softvq_demo.bench`` on every run.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from softvq_demo import load_generator, load_tokenizer, sample
+from softvq_demo.models.sit import SiT, sit_config
+from softvq_demo.sampling import fast
+from softvq_demo.sampling.flow import sample_flow
+from softvq_demo.sampling.maskgit import sample_maskgit
+
+BF16_TOL = 1e-2
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture(scope="module")
+def tiny_sit():
+    torch.manual_seed(0)
+    gen = SiT(sit_config("SiT-S/1", 8, 4, num_classes=10, depth=2, hidden_size=64, num_heads=4))
+    with torch.no_grad():
+        for p in gen.parameters():  # DiT's init makes the network zero; make it a real function
+            p.normal_(0.0, 0.2)
+    return gen.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("method,steps", [("euler", 10), ("sde", 12), ("heun", 5)])
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_sit_fast_matches_reference(tiny_sit, method, steps, path):
+    noise = torch.randn(3, 8, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 3, 5])
+    opts = dict(steps=steps, method=method, cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7,
+                path=path, null_class=10)
+    ref = sample_flow(tiny_sit, noise, y, rng=torch.Generator().manual_seed(2), **opts)
+    for precompute in (True, False):
+        out = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(2),
+                                   precompute=precompute, **opts)
+        assert out.dtype == torch.float32 and out.shape == noise.shape
+        assert rel(out, ref) < 1e-5, (precompute, rel(out, ref))
+
+
+def test_sit_fast_unguided_and_reuse(tiny_sit):
+    """No CFG; then a second call reusing the cached runner must not see the first call's state."""
+    y = torch.tensor([0, 9])
+    for seed in (3, 4):
+        noise = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(seed))
+        opts = dict(steps=6, method="euler", cfg_scale=1.0, null_class=10)
+        ref = sample_flow(tiny_sit, noise, y, **opts)
+        out = fast.sample_sit_fast(tiny_sit, noise, y, **opts)
+        assert rel(out, ref) < 1e-5
+    out_again = fast.sample_sit_fast(tiny_sit, noise, y, **opts)
+    assert torch.equal(out, out_again)  # results are copies, not the runner's static buffer
+
+
+def test_fast_velocity_is_a_drop_in_model(tiny_sit):
+    x, t, y = torch.randn(4, 8, 4), torch.rand(4), torch.tensor([0, 1, 10, 10])
+    v = fast.fast_velocity(tiny_sit)(x, t, y)
+    assert rel(v, tiny_sit(x, t, y)) < 1e-5
+
+
+def test_bf16_fast_path_within_tolerance(reference):
+    """bf16 weights (what CUDA runs): final tokens and decoded images within 1e-2 of float32."""
+    gen = load_generator(reference / "softvq" / "sit_tiny", device="cpu")
+    tok = load_tokenizer(reference / "softvq" / "tiny", device="cpu")
+    assert (gen.num_tokens, gen.token_dim) == (tok.num_tokens, tok.token_dim)
+    noise = torch.randn(2, gen.num_tokens, gen.token_dim, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([3, 7])
+    opts = dict(steps=25, method="sde", cfg_scale=1.75, guidance_high=0.7, null_class=gen.null_class)
+    ref = sample_flow(gen, noise, y, rng=torch.Generator().manual_seed(6), **opts)
+    out = fast.sample_sit_fast(gen, noise, y, rng=torch.Generator().manual_seed(6),
+                               dtype=torch.bfloat16, **opts)
+    assert rel(out, ref) < BF16_TOL
+    copy = fast.low_precision_copy(tok, torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        images_fast = copy.decode(out)
+    with torch.no_grad():
+        images_ref = tok.decode(ref.float())
+    assert rel(images_fast.float(), images_ref) < BF16_TOL
+
+
+def test_low_precision_copy(reference):
+    tok = load_tokenizer(reference / "softvq" / "tiny", device="cpu")
+    copy = fast.low_precision_copy(tok, torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in tok.parameters())        # original untouched
+    assert all(p.dtype == torch.float32 for p in copy.quantize.parameters())  # tau 0.07: fp32
+    assert copy.encoder.latent_tokens.dtype == torch.float32       # residual stream stays fp32
+    assert copy.quant_conv.weight.dtype == torch.bfloat16          # matmul weights in bf16
+    images = torch.rand(2, 3, tok.image_size, tok.image_size) * 2 - 1
+    with torch.no_grad():
+        ref = tok.encode(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            enc = copy.encode(images)
+    assert enc.latents.dtype == torch.float32
+    assert rel(enc.latents, ref.latents) < 2e-2
+
+
+@pytest.mark.parametrize("name", ["softvq/tiny", "titok/tiny_pixels", "titok/tiny_vae"])
+def test_fast_tokenizer_on_cpu_is_the_model(reference, name):
+    tok = load_tokenizer(reference / name, device="cpu")
+    ftok = fast.fast_tokenizer(tok)
+    assert ftok.num_tokens == tok.num_tokens and ftok.family == tok.family
+    images = torch.rand(2, 3, tok.image_size, tok.image_size) * 2 - 1
+    with torch.no_grad():
+        enc, enc_fast = tok.encode(images), ftok.encode(images)
+        assert torch.equal(enc.latents, enc_fast.latents)
+        assert torch.equal(tok.decode(enc.latents), ftok.decode(enc.latents))
+        if enc.indices is not None:
+            assert torch.equal(tok.decode(enc.indices), ftok.decode(enc.indices))
+
+
+@pytest.mark.parametrize("decay", ["linear", "constant", "power-cosine"])
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_maskgit_fast_same_draws_same_ids(reference, decay, temperature):
+    gen = load_generator(reference / "titok" / "maskgit_tiny", device="cpu")
+    kw = dict(seed=3, guidance_decay=decay, randomize_temperature=temperature, steps=6)
+    assert torch.equal(sample_maskgit(gen, [1, 2, 3, 4], **kw),
+                       fast.sample_maskgit_fast(gen, [1, 2, 3, 4], **kw))
+
+
+def test_maskgit_fast_uvit(reference):
+    from softvq_demo.models.maskgit import UViTMaskGIT
+
+    manifest = json.loads((reference / "titok" / "manifests" / "tokenizer_titok_s128.json").read_text())
+    config = manifest["config"]
+    config["model"]["generator"].update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, image_seq_len=128)
+    torch.manual_seed(0)
+    gen = UViTMaskGIT(config).eval()
+    assert torch.equal(sample_maskgit(gen, [1, 2], seed=3, steps=4),
+                       fast.sample_maskgit_fast(gen, [1, 2], seed=3, steps=4))
+
+
+def test_sample_fast_flag_on_cpu_falls_back(reference):
+    gen = load_generator(reference / "softvq" / "sit_tiny", device="cpu")
+    assert not fast.fast_enabled(torch.device("cpu"), True)
+    a = sample(gen, [1, 2], seed=0, steps=4, fast=True)
+    b = sample(gen, [1, 2], seed=0, steps=4, fast=False)
+    assert torch.equal(a, b)
+
+
+def test_switches(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setenv("SOFTVQ_FAST", "0")
+    assert not fast.fast_enabled(cuda)
+    assert fast.fast_enabled(cuda, True)
+    monkeypatch.setenv("SOFTVQ_FAST", "1")
+    assert fast.fast_enabled(cuda) and not fast.fast_enabled(torch.device("cpu"))
+    monkeypatch.setenv("SOFTVQ_COMPILE", "0")
+    assert not fast.compile_enabled(cuda)
+    assert not fast.compile_enabled(torch.device("cpu"))
+
+
+def test_bench_harness_tiny_cpu(tmp_path):
+    """``python -m softvq_demo.bench --device cpu --tiny --mode core`` runs and checks itself."""
+    from softvq_demo.bench.gpu import main
+
+    main(["--device", "cpu", "--tiny", "--mode", "core", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["checks"] and all(c["ok"] for c in data["checks"])
+    assert {r["config"] for r in data["sit"]} >= {"fast", "official"}
+    assert not [n for n in data["notes"] if n.startswith("ERROR")]
+    assert (tmp_path / "bench.md").read_text().startswith("# softvq-demo GPU benchmark")
