@@ -172,3 +172,47 @@ def test_bench_harness_tiny_cpu(tmp_path):
     assert {r["config"] for r in data["sit"]} >= {"fast", "official"}
     assert not [n for n in data["notes"] if n.startswith("ERROR")]
     assert (tmp_path / "bench.md").read_text().startswith("# softvq-demo GPU benchmark")
+
+
+class _ReplayByRerun:
+    """Stands in for a captured CUDA graph on the CPU: a replay re-runs the captured step, which
+    reads the step index and every table from the runner's static buffers, as a graph does."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch):
+    def init(self, device, enabled):
+        self.device, self.enabled, self.pool, self.graphs, self.failed = device, enabled, None, {}, None
+
+    def capture(self, fn, reset):
+        self._warm_up(fn, reset)  # the real warm-up protocol
+        return _ReplayByRerun(fn)
+
+    monkeypatch.setattr(fast._Graphs, "__init__", init)
+    monkeypatch.setattr(fast._Graphs, "_capture", capture)
+    monkeypatch.setattr(fast, "graphs_enabled", lambda device, graphs=None: True)
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_graph_runner_reused_for_a_new_kind_of_step(tiny_sit, cpu_graphs, precompute):
+    """Regression (seen on the H100): an unguided-only run leaves the step counter at the end of
+    the table; a later guided run on the same runner captures its guided graph then, and its
+    warm-up step must start from a reset counter, not index past the table."""
+    fast.release(tiny_sit)
+    y = torch.tensor([2, 4])
+    for cfg in (1.0, 1.75, 1.0, 1.75):
+        noise = torch.randn(2, 8, 4)
+        opts = dict(steps=6, method="euler", cfg_scale=cfg, guidance_low=0.0, guidance_high=1.0,
+                    null_class=10)
+        ref = sample_flow(tiny_sit, noise, y, **opts)
+        out = fast.sample_sit_fast(tiny_sit, noise, y, precompute=precompute, **opts)
+        assert rel(out, ref) < 1e-5
+    runner = next(iter(fast.sit_fast(tiny_sit).runners.values()))
+    assert set(runner.graphs.graphs) == {False, True}  # one runner, both graphs
+    fast.release(tiny_sit)

@@ -345,15 +345,25 @@ class _Graphs:
         else:
             g.replay()
 
+    @staticmethod
+    def _warm_up(fn: Callable[[], None], reset: Optional[Callable[[], None]]) -> None:
+        """Run ``fn`` twice (compile, autotune, allocate) from a reset state, and reset after.
+
+        The reset BEFORE each run matters: a runner reused from an earlier call has its step
+        counter at the end of its table, and a warm-up step from there would index past it."""
+        for _ in range(2):
+            if reset is not None:
+                reset()
+            fn()
+        if reset is not None:
+            reset()
+
     def _capture(self, fn, reset):
         with torch.cuda.device(self.device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # compile, autotune and allocate outside the capture
-                    fn()
-                    if reset is not None:
-                        reset()
+                self._warm_up(fn, reset)
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize(self.device)
             g = torch.cuda.CUDAGraph()
