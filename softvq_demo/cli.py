@@ -74,9 +74,10 @@ def cmd_reconstruct(args) -> None:
     from .loading import load_tokenizer
 
     paths = [Path(p) for p in args.images]
-    for p in paths:  # fail before loading a model
+    for p in paths:  # every bad file fails before a model loads or a progress bar starts
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
+        load_image(p)
     tok = load_tokenizer(args.tokenizer, device=args.device)
     device = next(tok.parameters()).device
     out = Path(args.out)
@@ -117,14 +118,17 @@ def cmd_generate(args) -> None:
         for key, value in (("steps", args.steps), ("guidance_scale", args.cfg)):
             if value is not None:
                 options[key] = value
-    bar = tqdm(desc="sampling", unit="step")
+    bar = None  # opened on the first step, so that a bad option ends in one clean error line
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc="sampling", unit="step", total=total)
         bar.update(done - bar.n)
 
     result = generate(gen, tok, args.classes, seed=args.seed, progress=progress, **options)
-    bar.close()
+    if bar is not None:
+        bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = gen.class_names
