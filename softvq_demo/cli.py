@@ -95,7 +95,7 @@ def cmd_generate(args) -> None:
     from .catalogue import find_entry
     from .data.images import to_pil
     from .loading import load_generator, load_tokenizer
-    from .sampling import check_pair, generate
+    from .sampling import check_pair, generate, pair_warning
 
     gen = load_generator(args.generator, device=args.device)
     tok_src = args.tokenizer
@@ -106,6 +106,9 @@ def cmd_generate(args) -> None:
         tok_src = entry.pair
     tok = load_tokenizer(tok_src, device=args.device)
     check_pair(tok, gen)
+    warning = pair_warning(tok, gen)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     options = {}
     if gen.family == "sit":
         for key, value in (("steps", args.steps), ("cfg_scale", args.cfg), ("method", args.sampler),

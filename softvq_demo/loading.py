@@ -230,14 +230,39 @@ def load_tokenizer(source: PathLike, device: DeviceLike = None, dtype: Optional[
                    **resolve_kwargs) -> Tokenizer:
     """Load a tokenizer (SoftVQ-VAE or TiTok) from a folder, catalogue name or Hub id."""
     folder = resolve_source(source, **resolve_kwargs)
-    return load_folder(folder, "tokenizer", device, dtype)  # type: ignore[return-value]
+    model = load_folder(folder, "tokenizer", device, dtype)
+    model.catalogue_name = catalogue_name(source, folder)
+    return model  # type: ignore[return-value]
 
 
 def load_generator(source: PathLike, device: DeviceLike = None, dtype: Optional[torch.dtype] = None,
                    **resolve_kwargs) -> Generator:
     """Load a generator (SiT or MaskGIT) from a folder, catalogue name or Hub id."""
     folder = resolve_source(source, **resolve_kwargs)
-    return load_folder(folder, "generator", device, dtype)  # type: ignore[return-value]
+    model = load_folder(folder, "generator", device, dtype)
+    model.catalogue_name = catalogue_name(source, folder)
+    return model  # type: ignore[return-value]
+
+
+def catalogue_name(source: PathLike, folder: Path) -> Optional[str]:
+    """The catalogue entry a loaded model came from (by name, repo id or embedded folder), if any.
+
+    Used to warn about generator/tokenizer pairs whose shapes match but which were not trained
+    together (e.g. a SiT trained on softvq-b-64 latents decoded by softvq-l-64).
+    """
+    from .catalogue import CATALOGUE, find_entry
+
+    entry = find_entry(str(source))
+    if entry is not None:
+        return entry.name
+    try:
+        resolved = Path(folder).resolve()
+    except OSError:
+        return None
+    for e in CATALOGUE:
+        if e.local_path is not None and Path(e.local_path).resolve() == resolved:
+            return e.name
+    return None
 
 
 def save_pretrained(model: nn.Module, folder: PathLike, readme: Optional[str] = None) -> Path:

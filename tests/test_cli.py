@@ -123,3 +123,29 @@ def test_truncated_image(capsys, photo, softvq_tiny, tmp_path):
     broken.write_bytes(photo.read_bytes()[:200])
     one_line_error(capsys, ["reconstruct", str(broken), "--tokenizer", softvq_tiny, "--out",
                             str(tmp_path / "o")], "broken.png")
+
+
+def test_pair_warning_for_catalogue_models_not_trained_together(reference):
+    from softvq_demo import load_generator, load_tokenizer
+    from softvq_demo.sampling import pair_warning
+
+    tok = load_tokenizer(reference / "softvq" / "tiny")
+    gen = load_generator(reference / "softvq" / "sit_tiny")
+    assert tok.catalogue_name is None and pair_warning(tok, gen) is None  # unknown provenance: silent
+    gen.catalogue_name, tok.catalogue_name = "sit-xl_softvq-b-64", "softvq-l-64"
+    assert "trained on softvq-b-64" in pair_warning(tok, gen)
+    tok.catalogue_name = "softvq-b-64"
+    assert pair_warning(tok, gen) is None
+
+
+def test_embedded_models_know_their_catalogue_names():
+    from pathlib import Path
+
+    from softvq_demo import load_generator, load_tokenizer
+    from softvq_demo.sampling import pair_warning
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    tok = load_tokenizer(root / "textscenes-softvq-32")  # by folder
+    gen = load_generator("textscenes-sit")               # by name
+    assert (tok.catalogue_name, gen.catalogue_name) == ("textscenes-softvq-32", "textscenes-sit")
+    assert pair_warning(tok, gen) is None

@@ -46,6 +46,23 @@ def check_pair(tokenizer: Tokenizer, generator: Generator) -> None:
                          f"tokenizer uses {tokenizer.token_dim}")
 
 
+def pair_warning(tokenizer: Tokenizer, generator: Generator) -> Optional[str]:
+    """A sentence when a catalogue generator is used with a catalogue tokenizer it was not trained on.
+
+    Shapes can match across releases (every SiT-XL over 64×32 tokens fits every 64-token SoftVQ),
+    so check_pair cannot catch this; the images would decode but mean little.
+    """
+    from ..catalogue import find_entry
+
+    gen_name = getattr(generator, "catalogue_name", None)
+    tok_name = getattr(tokenizer, "catalogue_name", None)
+    entry = find_entry(gen_name) if gen_name else None
+    if entry is None or entry.pair is None or tok_name is None or tok_name == entry.pair:
+        return None
+    return (f"{gen_name} was trained on {entry.pair} latents, not {tok_name}: the shapes fit but "
+            f"the decoded images will not be meaningful")
+
+
 def as_labels(labels: Labels, num_classes: int, device: torch.device) -> torch.Tensor:
     if isinstance(labels, int):
         labels = [labels]
@@ -152,4 +169,4 @@ def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed
     return Generation(images=images, tokens=tokens, labels=y, timings=timings)
 
 
-__all__ = ["sample", "generate", "check_pair", "Generation", "METHODS", "PATHS", "SIT_DEFAULTS"]
+__all__ = ["sample", "generate", "check_pair", "pair_warning", "Generation", "METHODS", "PATHS", "SIT_DEFAULTS"]

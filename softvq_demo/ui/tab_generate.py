@@ -80,6 +80,11 @@ def run_generate(ctx: Ctx, gen_name: str, labels, cfg, g_low, g_high, steps, sam
                        round(t["total_s"], 3), round(t["images_per_s"], 2), round(t["ms_per_step"], 2),
                        t.get("network_evals", "–")]]}
     md = f"{gen_name} → {tok_name}: {len(y)} image(s), {how}, seed {seed}."
+    from ..sampling import pair_warning
+
+    warning = pair_warning(tok, gen)
+    if warning:
+        md += f"\n\n⚠️ {warning}."
     return gallery, table, md
 
 
