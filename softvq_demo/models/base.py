@@ -13,6 +13,15 @@ import torch
 from torch import nn
 
 
+def int_in_range(name: str, value: Any, lo: int, hi: int) -> int:
+    """A config integer within sane bounds, checked before anything is allocated (memory bombs)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} = {value} is out of the sane range {lo}..{hi}")
+    return int(value)
+
+
 @dataclass
 class Encoded:
     """Output of ``Tokenizer.encode``.

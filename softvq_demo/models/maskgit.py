@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Generator
+from .base import Generator, int_in_range
 from .registry import Family, register_family
 
 LAYER_NORM_EPS = 1e-12  # BERT's
@@ -293,14 +293,6 @@ def detect(config: dict[str, Any]) -> bool:
         and isinstance(model.get("vq_model"), dict)
 
 
-def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} = {value} is out of the sane range {lo}..{hi}")
-    return int(value)
-
-
 def validate(config: dict[str, Any]) -> None:
     try:
         g = generator_config(config)
@@ -311,16 +303,16 @@ def validate(config: dict[str, Any]) -> None:
     kind = g.get("model_type", "ViT")
     if kind not in ("ViT", "UViT"):
         raise ValueError(f"model.generator.model_type {kind!r}: expected 'ViT' or 'UViT'")
-    _int_in("model.vq_model.codebook_size", codebook, 2, 1 << 20)
-    hidden = _int_in("model.generator.hidden_size", g.get("hidden_size"), 8, 8192)
-    heads = _int_in("model.generator.num_attention_heads", g.get("num_attention_heads"), 1, 256)
+    int_in_range("model.vq_model.codebook_size", codebook, 2, 1 << 20)
+    hidden = int_in_range("model.generator.hidden_size", g.get("hidden_size"), 8, 8192)
+    heads = int_in_range("model.generator.num_attention_heads", g.get("num_attention_heads"), 1, 256)
     if hidden % heads:
         raise ValueError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}")
-    _int_in("model.generator.num_hidden_layers", g.get("num_hidden_layers"), 1, 128)
-    _int_in("model.generator.intermediate_size", g.get("intermediate_size"), 1, 65536)
-    _int_in("model.generator.image_seq_len", g.get("image_seq_len"), 1, 4096)
-    _int_in("model.generator.condition_num_classes", g.get("condition_num_classes"), 1, 100_000)
-    _int_in("model.generator.num_steps", g.get("num_steps", 8), 1, 1024)
+    int_in_range("model.generator.num_hidden_layers", g.get("num_hidden_layers"), 1, 128)
+    int_in_range("model.generator.intermediate_size", g.get("intermediate_size"), 1, 65536)
+    int_in_range("model.generator.image_seq_len", g.get("image_seq_len"), 1, 4096)
+    int_in_range("model.generator.condition_num_classes", g.get("condition_num_classes"), 1, 100_000)
+    int_in_range("model.generator.num_steps", g.get("num_steps", 8), 1, 1024)
     if g.get("guidance_decay", "constant") not in GUIDANCE_DECAYS:
         raise ValueError(f"model.generator.guidance_decay {g.get('guidance_decay')!r}: expected one "
                          f"of {GUIDANCE_DECAYS}")

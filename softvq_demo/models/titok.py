@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Encoded, Tokenizer
+from .base import Encoded, Tokenizer, int_in_range
 from .maskgit_vqgan import CODE_DIM, NUM_CODES, RELEASED_CONFIG, PixelDecoder
 from .registry import Family, register_family
 
@@ -363,14 +363,6 @@ def detect(config: dict[str, Any]) -> bool:
     return isinstance(vq, dict) and ("vit_enc_model_size" in vq or "vit_enc_arch" in vq)
 
 
-def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} = {value} is out of the sane range {lo}..{hi}")
-    return int(value)
-
-
 def validate(config: dict[str, Any]) -> None:
     """Refuse absurd or inconsistent configs before anything is allocated."""
     try:
@@ -379,16 +371,16 @@ def validate(config: dict[str, Any]) -> None:
     except (KeyError, TypeError) as err:
         raise ValueError(f"TiTok config lacks {err} (needs model.vq_model and "
                          "dataset.preprocessing.crop_size)") from err
-    crop = _int_in("dataset.preprocessing.crop_size", crop, 8, 2048)
+    crop = int_in_range("dataset.preprocessing.crop_size", crop, 8, 2048)
     mode = _quantize_mode(vq)
     if mode not in ("vq", "vae"):
         raise ValueError(f"model.vq_model.quantize_mode {mode!r}: expected 'vq' or 'vae'")
-    _int_in("model.vq_model.num_latent_tokens", vq.get("num_latent_tokens"), 1, 4096)
-    _int_in("model.vq_model.token_size", vq.get("token_size"), 1, 4096)
+    int_in_range("model.vq_model.num_latent_tokens", vq.get("num_latent_tokens"), 1, 4096)
+    int_in_range("model.vq_model.token_size", vq.get("token_size"), 1, 4096)
     if mode == "vq":
-        _int_in("model.vq_model.codebook_size", vq.get("codebook_size"), 2, 1 << 20)
+        int_in_range("model.vq_model.codebook_size", vq.get("codebook_size"), 2, 1 << 20)
     for part in ("enc", "dec"):
-        patch = _int_in(f"model.vq_model.vit_{part}_patch_size", vq.get(f"vit_{part}_patch_size"),
+        patch = int_in_range(f"model.vq_model.vit_{part}_patch_size", vq.get(f"vit_{part}_patch_size"),
                         1, crop)
         if crop % patch:
             raise ValueError(f"crop_size {crop} is not a multiple of vit_{part}_patch_size {patch}")
@@ -396,9 +388,9 @@ def validate(config: dict[str, Any]) -> None:
             raise ValueError(f"vit_{part}_patch_size {patch} gives a {crop // patch}² grid: too many "
                              "positions")
         arch = vit_arch(config, part)
-        width = _int_in(f"vit_{part} width", arch["width"], 8, 8192)
-        _int_in(f"vit_{part} layers", arch["layers"], 1, 128)
-        heads = _int_in(f"vit_{part} heads", arch["heads"], 1, 256)
+        width = int_in_range(f"vit_{part} width", arch["width"], 8, 8192)
+        int_in_range(f"vit_{part} layers", arch["layers"], 1, 128)
+        heads = int_in_range(f"vit_{part} heads", arch["heads"], 1, 256)
         if width % heads:
             raise ValueError(f"vit_{part} width {width} is not divisible by its {heads} heads")
     finetune = bool(vq.get("finetune_decoder", True))
