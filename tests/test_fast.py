@@ -216,3 +216,32 @@ def test_graph_runner_reused_for_a_new_kind_of_step(tiny_sit, cpu_graphs, precom
     runner = next(iter(fast.sit_fast(tiny_sit).runners.values()))
     assert set(runner.graphs.graphs) == {False, True}  # one runner, both graphs
     fast.release(tiny_sit)
+
+
+def test_shifted_layernorm_blocks_equal_the_previous_layout(tiny_sit, monkeypatch):
+    """Each block now ends with the next block's modulated LayerNorm; the previous layout
+    (LayerNorm at the start of each block, kept for the bench's A/B) computes the same."""
+    noise = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([1, 7])
+    opts = dict(steps=8, method="sde", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7, null_class=10)
+    new = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(3), **opts)
+    fast.release(tiny_sit)
+    monkeypatch.setattr(fast, "LEGACY_BLOCKS", True)
+    old = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(3), **opts)
+    vel = fast.sit_fast(tiny_sit).velocity(noise, torch.full((2,), 0.3), y)
+    fast.release(tiny_sit)
+    monkeypatch.setattr(fast, "LEGACY_BLOCKS", False)
+    assert rel(new, old) < 1e-6
+    assert rel(fast.sit_fast(tiny_sit).velocity(noise, torch.full((2,), 0.3), y), vel) < 1e-6
+    assert rel(vel, tiny_sit(noise, torch.full((2,), 0.3), y)[:, :, :4]) < 1e-5
+    fast.release(tiny_sit)
+
+
+def test_attention_pick_and_table_limit_on_cpu(tiny_sit, monkeypatch):
+    cpu = torch.device("cpu")
+    assert fast.pick_attention(cpu, 64, 16, 72, torch.float32) is None  # PyTorch's own SDPA
+    assert fast.sit_fast(tiny_sit).attn is None
+    assert fast.table_limit(cpu) == fast.MOD_TABLE_BYTES
+    q, k, v = torch.randn(3, 2, 4, 8, 16).unbind(0)
+    assert torch.allclose(fast._attention(q, k, v, None),
+                          torch.nn.functional.scaled_dot_product_attention(q, k, v))

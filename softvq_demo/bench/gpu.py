@@ -238,6 +238,7 @@ class Bench:
         self.maskgit: list[dict] = []
         self.checks: list[dict] = []
         self.targets: list[dict] = []
+        self.ab: list[dict] = []
         self.notes: list[str] = []
         self.compile_s: dict = {}
         self.settings = SETTINGS_TINY if self.tiny else SETTINGS
@@ -268,7 +269,8 @@ class Bench:
             return
         data = dict(env=self.env, peak_tflops=self.peak_tflops, bandwidth_gbs=self.bandwidth,
                     sit=self.sit, tokenizers=self.toks, maskgit=self.maskgit, checks=self.checks,
-                    targets=self.targets, notes=self.notes, compile_s=self.compile_s,
+                    targets=self.targets, notes=self.notes, compile_s=self.compile_s, ab=self.ab,
+                    attention=[dict(key=str(k), **v) for k, v in fastmod.ATTENTION_PICKS.items()],
                     args=vars(self.args))
         (self.out / "bench.json").write_text(json.dumps(data, indent=1, default=str))
 
@@ -375,8 +377,7 @@ class Bench:
             kw = {}
             if config == "fast":  # the adaLN-table choice of the full runs this extrapolates to
                 steps = max(o["steps"] for o in self.settings.values())
-                kw["precompute"] = (fastmod._FlowRunner.table_bytes(fastmod.sit_fast(gen), batch, steps)
-                                    <= fastmod.MOD_TABLE_BYTES)
+                kw["precompute"] = fastmod.use_table(fastmod.sit_fast(gen), batch, steps)
             t0 = time.perf_counter()
             t = self.timeit(lambda: fn(gen, noise, y, opts, **kw), reps=reps, warmup=warm)
             if config == "fast" and warm:
@@ -441,8 +442,9 @@ class Bench:
                 # warm-up: the fast path captures its graphs on a full run (cheap); the official
                 # recipe only needs its kernels loaded (2 steps)
                 warm_opts = opts if config == "fast" else dict(opts, steps=2)
+                reps = 2 if config == "fast" else 1  # the headline: median (mean) of two runs
                 t = self.guarded(f"core {config} {n}", lambda: (fn(gen, noise, y, warm_opts), self.timeit(
-                    lambda: fn(gen, noise, y, opts), reps=1, warmup=0))[1])
+                    lambda: fn(gen, noise, y, opts), reps=reps, warmup=0))[1])
                 if t is None:
                     continue
                 self.log(f"  core {config} N={n}: {t:.2f}s for {b_target} images "
@@ -451,6 +453,10 @@ class Bench:
                                    note="core target run")
                 results[(n, config)] = row["images_per_s"]
             if net is self.nets[1]:
+                if results.get((n, "fast")):
+                    self.guarded("A/B", lambda: self.ab_previous(gen, noise, y, opts, flops_row, net,
+                                                                 setting, results[(n, "fast")]))
+                    self.guarded("profile", lambda: self.profile_step(gen, b_target))
                 self.guarded("correctness", lambda: self.check_sit(gen))
                 self.guarded("latency", lambda: self.latency(gen, flops_row))
                 self.guarded("large batch", lambda: self.large_batch(gen, flops_row, net))
@@ -478,6 +484,70 @@ class Bench:
         self.log(f"  TARGET {what}: {value:.3f}  goal {goal}  -> "
                  f"{'PASS' if ok else ('n/a' if ok is None else 'MISS')}")
         self.save()
+
+    def ab_previous(self, gen, noise, y, opts, flops_row, net, setting, fast_ips) -> None:
+        """Same run, same inputs: the headline case on the previous revision's fast path
+        (LayerNorm at the start of each block, SDPA's own kernel choice, adaLN per step) and
+        with only the adaLN table switched off, to show what each change is worth."""
+        b = noise.shape[0]
+        variants = [("fast, adaLN per step (no table)", dict(precompute=False), False),
+                    ("previous revision (2026-11-22 first run's code)", dict(precompute=False), True)]
+        for label, kw, legacy in variants:
+            if self.left() < (90 if legacy else 40) and not self.tiny:
+                self.notes.append(f"A/B '{label}': skipped (budget)")
+                continue
+            fastmod.sit_fast(gen).runners.clear()
+            fastmod.LEGACY_BLOCKS = legacy
+            try:
+                t0 = time.perf_counter()
+                self.run_fast(gen, noise, y, opts, **kw)  # compile (legacy blocks) and capture
+                t = self.timeit(lambda: self.run_fast(gen, noise, y, opts, **kw), reps=2, warmup=0)
+            finally:
+                fastmod.LEGACY_BLOCKS = False
+                fastmod.sit_fast(gen).runners.clear()
+            row = self.sit_row(net, "fast", b, setting, None, flops_row, measured_s=t,
+                               note=f"A/B: {label}")
+            self.sit = [r for r in self.sit if r is not row]  # keep the table's fast row the headline
+            self.ab.append(dict(variant=label, images_per_s=row["images_per_s"],
+                                ms_per_step=row["ms_per_step"], wall_incl_compile_s=time.perf_counter() - t0))
+            self.notes.append(f"A/B B={b} {net[2]} tok {setting}: {label}: {row['images_per_s']:.2f} images/s; "
+                              f"current fast path {fast_ips:.2f} ({fast_ips / row['images_per_s']:.3f}x)")
+            self.log(f"  {self.notes[-1]}")
+        self.save()
+
+    def profile_step(self, gen, b: int) -> None:
+        """Kernel-time breakdown of guided and unguided steps at the headline batch (compiled,
+        launched without graphs so the profiler sees each kernel), to $OUT/profile_b{b}.txt."""
+        if not self.cuda or self.left() < 60:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        n, d = gen.num_tokens, gen.token_dim
+        noise = torch.randn(b, n, d, device=self.device)
+        y = torch.randint(0, gen.num_classes, (b,), device=self.device)
+        lines = []
+        for guided in (True, False):
+            opts = dict(steps=4, method="euler", cfg_scale=1.75 if guided else 1.0, guidance_low=0.0,
+                        guidance_high=1.0)
+            self.run_fast(gen, noise, y, opts, graphs=False)
+            sync(self.device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                self.run_fast(gen, noise, y, opts, graphs=False)
+                sync(self.device)
+            events = [e for e in prof.key_averages() if e.device_time_total > 0]
+            total = sum(e.self_device_time_total for e in events)
+            lines.append(f"== B={b} {n} tokens, {'guided (2B rows)' if guided else 'unguided'} step: "
+                         f"{total / 4 / 1000:.2f} ms of kernel time per step (4-step run, no graphs)")
+            for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
+                lines.append(f"{100 * e.self_device_time_total / total:6.1f}%  "
+                             f"{e.self_device_time_total / 4 / 1000:8.3f} ms/step  {e.count // 4:5d}/step  "
+                             f"{e.key[:150]}")
+            lines.append("")
+        fastmod.sit_fast(gen).runners.clear()
+        text = "\n".join(lines)
+        print(text, flush=True)
+        if self.out:
+            (self.out / f"profile_b{b}.txt").write_text(text + "\n")
 
     def check_sit(self, gen) -> None:
         """Fast path vs the float32 reference (float64 sampler state), same seed, then decoded."""
@@ -568,7 +638,7 @@ class Bench:
                     ">= 0.55", frac_g >= 0.55 if not self.tiny else None)
         self.notes.append(f"B={b} 64 tok: guided step {1000 * times['t_g']:.1f} ms ({100 * frac_g:.0f}% "
                           f"peak), unguided {1000 * times['t_u']:.1f} ms ({100 * frac_u:.0f}% peak)")
-        if self.cuda and fastmod.GELU_EPILOGUE and self.left() > 120:
+        if self.cuda and fastmod.GELU_EPILOGUE and self.args.ablations and self.left() > 120:
             def ab():
                 fastmod.sit_fast(gen).runners.clear()  # captured graphs hold the old kernels
                 fastmod.GELU_EPILOGUE = False
@@ -843,6 +913,20 @@ class Bench:
                 verdict = "PASS" if t["ok"] else ("n/a" if t["ok"] is None else "MISS")
                 add(f"- {t['what']}: **{t['value']:.3g}** (goal {t['goal']}) {verdict}")
             add("")
+        if self.ab:
+            add("## Same-run A/B (headline case)")
+            for r in self.ab:
+                add(f"- {r['variant']}: {r['images_per_s']:.2f} images/s, {r['ms_per_step']:.2f} ms/step")
+            add("")
+        if fastmod.ATTENTION_PICKS:
+            add("## Attention kernel picks (ms per call on the probe shape; rel err vs fp32)")
+            for k, v in fastmod.ATTENTION_PICKS.items():
+                ms = ", ".join(f"{name} {t:.4f}" for name, t in v.get("ms", {}).items())
+                errs = ", ".join(f"{name} {e:.1e}" if isinstance(e, float) else f"{name} {e}"
+                                 for name, e in v.get("rel_err", {}).items())
+                add(f"- {v.get('tokens')} tokens x {v.get('rows')} rows: pick **{v.get('pick') or 'sdpa'}**; "
+                    f"{ms}; {errs}")
+            add("")
         if self.compile_s:
             add("compile + capture (first calls, s): " + ", ".join(f"{k}: {v}" for k, v in self.compile_s.items()))
         for note in self.notes:
@@ -864,6 +948,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--skip", default="", help="comma list of sections to skip: sit,tok,maskgit")
     p.add_argument("--tokenizers", default="", help="comma list: only these tokenizers (e.g. TiTok-L-32)")
     p.add_argument("--maskgits", default="", help="comma list: only these MaskGIT generators")
+    p.add_argument("--ablations", action="store_true",
+                   help="also time the fc1 GELU epilogue A/B (one more compile; measured 2026-11-22)")
     args = p.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -11,13 +11,17 @@ SiT (flow matching)
     not); the step index, time, update coefficients and SDE noise live on the device, so the
     host only launches replays and never waits on the GPU. The sampler state is float32 (the
     reference ``sample_flow`` keeps float64; the difference is far below bf16 rounding).
-    Two things differ from a plain bf16 forward, both exact rewrites:
+    What differs from a plain bf16 forward, all exact rewrites:
     - the conditional and unconditional halves run as one batch of 2B rows (as ``sample_flow``);
-    - the adaLN modulation depends only on (t, y), both known before sampling starts. For small
-      batches (table <= ``MOD_TABLE_BYTES``) the modulations of every step and row are computed
-      up front in ONE matrix product, instead of reading the 28 adaLN weight matrices (a third of
-      SiT-XL's weights) once per step. Large batches compute them per step, as one product for
-      all layers.
+    - the adaLN modulation depends only on (t, y), both known before sampling starts. When the
+      table fits (``table_limit``: 256 MiB, or a tenth of the GPU's memory: B=64 × 250 steps
+      fits on an 80 GB GPU) the modulations of every step and row are computed up front,
+      instead of reading the 28 adaLN weight matrices (a third of SiT-XL's weights) once per
+      step. Larger batches compute them per step, as one product for all layers;
+    - each compiled block ends with the NEXT block's modulated LayerNorm (``_sit_block``), so the
+      last residual add and that LayerNorm share one pass over the float32 residual stream;
+    - attention runs through the SDPA kernel that ``pick_attention`` timed fastest for the
+      model's token count and head size on this GPU (flash, memory-efficient or cuDNN).
     Heun (two evaluations per step) goes through ``FastVelocity``, a graph-captured drop-in for
     ``gen(x, t, y)`` that ``sample_flow`` accepts in place of the model.
 
@@ -57,7 +61,8 @@ from .flow import path_coefficients, sample_flow, time_grid, validate_options
 
 BF16 = torch.bfloat16
 GELU_EPILOGUE = True                # SiT fc1: cuBLASLt bias+GELU epilogue on CUDA (tanh GELU there)
-MOD_TABLE_BYTES = 256 * 2 ** 20     # precomputed adaLN table limit (per runner)
+MOD_TABLE_BYTES = 256 * 2 ** 20     # precomputed adaLN table: always allowed up to this size
+MOD_TABLE_FRACTION = 0.1            # ... and on a GPU up to this fraction of its memory
 GRAPH_MAX_ROWS = 1 << 30            # graphs are used at every size (they cost one capture)
 _LOCK = threading.RLock()           # graph replays use static buffers: one sampler at a time
 
@@ -193,19 +198,151 @@ def _sit_modulation(t: torch.Tensor, y_emb: torch.Tensor, w0, b0, w2, b2, ada_w,
     return F.linear(F.silu(c).to(ada_w.dtype), ada_w, ada_b)
 
 
-def _sit_embed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    return F.linear(x.to(w.dtype), w, b).float() + pos
+def _modulated_norm(h: torch.Tensor, mod2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """adaLN: LayerNorm(h)·(1 + scale) + shift in float32, cast to the matmul dtype.
+    mod2: R × 2H (shift, scale) -- the first third of a block's modulation, or the final layer's."""
+    shift, scale = mod2.float().unsqueeze(1).chunk(2, dim=-1)
+    return (F.layer_norm(h, (h.shape[-1],), eps=1e-6) * (1 + scale) + shift).to(dtype)
 
 
-def _sit_block(h: torch.Tensor, mod: torch.Tensor, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b,
-               fc2_w, fc2_b, heads: int) -> torch.Tensor:
-    """One SiT block. h: R×N×H float32 residual stream; mod: R×6H (shift, scale, gate) × 2."""
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Optional[str]) -> torch.Tensor:
+    """SDPA through one named CUDA kernel (picked per model by ``pick_attention``), or
+    PyTorch's own choice (``backend`` None: also what runs on the CPU). Same function, all
+    bf16 in / fp32 accumulation; the aten ops are traced as they are by torch.compile."""
+    if backend == "flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
+    if backend == "efficient":
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
+    if backend == "cudnn":
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False)[0]
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: torch.dtype,
+                      device: torch.device, call: Callable[[int], torch.Tensor]) -> bool:
+    """A named kernel must also run at other row counts (batch 1, odd sizes) and replay
+    correctly from a CUDA graph, since every sampler step is one."""
+    try:
+        for rows in (1, 3):
+            q, k, v = torch.randn(rows, tokens, 3, heads, head_dim, device=device,
+                                  dtype=dtype).permute(2, 0, 3, 1, 4)
+            out = _attention(q, k, v, name).float()
+            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            if not float((out - ref).norm() / ref.norm()) < 1e-2:
+                return False
+        eager = call(1).clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            call(1)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = call(1)
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        return bool(torch.equal(out, eager))
+    except Exception:
+        torch.cuda.synchronize(device)
+        return False
+
+
+ATTENTION_BACKENDS = ("flash", "efficient", "cudnn")
+ATTENTION_PICKS: dict = {}   # (device, tokens, heads, head dim, dtype) -> {"pick", "ms": {...}, ...}
+
+
+def pick_attention(device: torch.device, tokens: int, heads: int, head_dim: int,
+                   dtype: torch.dtype, rows: Optional[int] = None) -> Optional[str]:
+    """The fastest SDPA kernel for this attention shape on this GPU, timed once per process.
+
+    SDPA's own order (flash first) suits long sequences; a 1D tokenizer's 32-64 tokens (and
+    SiT-XL's head dim 72) may favour another kernel. Each candidate runs on the block's real
+    layout (q, k, v strided views of the qkv product, output transposed back), must match a
+    float32 reference to 1e-2, and is timed with CUDA events on ~8k tokens (a guided B=64 step
+    at 64 tokens). ``SOFTVQ_ATTENTION`` = flash / efficient / cudnn forces one, ``sdpa`` keeps
+    PyTorch's choice. None (PyTorch's choice) on the CPU."""
+    forced = os.environ.get("SOFTVQ_ATTENTION", "auto").strip().lower()
+    if device.type != "cuda" or forced in ("sdpa", "default", "none"):
+        return None
+    if forced in ATTENTION_BACKENDS:
+        return forced
+    key = (str(device), tokens, heads, head_dim, dtype)
+    hit = ATTENTION_PICKS.get(key)
+    if hit is not None:
+        return hit["pick"]
+    rows = rows or max(1, 8192 // tokens)
+    hidden = heads * head_dim
+    record: dict = {"pick": None, "ms": {}, "rel_err": {}, "rows": rows, "tokens": tokens}
+    try:
+        with torch.no_grad(), torch.cuda.device(device):
+            gen = torch.Generator(device=device).manual_seed(0)
+            qkvs = [torch.randn(rows, tokens, 3, heads, head_dim, device=device, dtype=dtype,
+                                generator=gen).permute(2, 0, 3, 1, 4) for _ in range(3)]
+            ref = F.scaled_dot_product_attention(*(t.float() for t in qkvs[0]))
+            ref = ref.transpose(1, 2).reshape(rows, tokens, hidden)
+            for name in (None,) + ATTENTION_BACKENDS:
+                label = name or "sdpa"
+                try:
+                    def call(i: int, name=name) -> torch.Tensor:
+                        q, k, v = qkvs[i]
+                        return _attention(q, k, v, name).transpose(1, 2).reshape(rows, tokens, hidden)
+                    err = float((call(0).float() - ref).norm() / ref.norm())
+                    record["rel_err"][label] = err
+                    if not err < 1e-2:
+                        continue
+                    if name is not None and not _attention_usable(name, tokens, heads, head_dim,
+                                                                  dtype, device, call):
+                        record["rel_err"][label] = f"{err:.1e}, but failed on other batch sizes " \
+                                                   "or under CUDA-graph capture"
+                        continue
+                    for i in range(3):
+                        call(i)
+                    times = []
+                    for _ in range(5):
+                        start = torch.cuda.Event(enable_timing=True)
+                        end = torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        for i in range(10):
+                            call(i % 3)
+                        end.record()
+                        end.synchronize()
+                        times.append(start.elapsed_time(end) / 10)
+                    record["ms"][label] = sorted(times)[len(times) // 2]
+                except Exception as err:  # a kernel this GPU / shape does not support
+                    record["rel_err"][label] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            timed = {k: v for k, v in record["ms"].items() if k != "sdpa"}
+            if timed:
+                best = min(timed, key=timed.get)
+                # keep PyTorch's choice unless a named kernel is clearly (>3%) faster
+                if "sdpa" not in record["ms"] or timed[best] < 0.97 * record["ms"]["sdpa"]:
+                    record["pick"] = best
+    except Exception as err:  # pragma: no cover - never let the probe break sampling
+        record["error"] = f"{type(err).__name__}: {err}"
+    ATTENTION_PICKS[key] = record
+    return record["pick"]
+
+
+def _sit_embed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pos: torch.Tensor,
+               mod2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embedding (h, float32) and the first block's modulated LayerNorm of it."""
+    h = F.linear(x.to(w.dtype), w, b).float() + pos
+    return h, _modulated_norm(h, mod2, w.dtype)
+
+
+def _sit_block(h: torch.Tensor, a: torch.Tensor, mod: torch.Tensor, mod_next: torch.Tensor,
+               qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, heads: int,
+               attn: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SiT block, its LayerNorms shifted by one: takes h (R×N×H float32 residual stream) and
+    a = this block's modulated LN1(h); returns the new h and the NEXT block's (or the final
+    layer's) modulated LN1 of it (``mod_next``: R×2H shift, scale). Same arithmetic as a plain
+    block; the shift lets the last residual add and the next LayerNorm share one pass over h
+    (one read of the float32 stream per layer less). mod: R×6H, (shift, scale, gate) × 2."""
     r, n, hidden = h.shape
     dt = qkv_w.dtype
-    sa, ca, ga, sm, cm, gm = mod.float().unsqueeze(1).chunk(6, dim=-1)
-    a = (F.layer_norm(h, (hidden,), eps=1e-6) * (1 + ca) + sa).to(dt)
+    ga, sm, cm, gm = mod[:, 2 * hidden:].float().unsqueeze(1).chunk(4, dim=-1)
     qkv = F.linear(a, qkv_w, qkv_b).view(r, n, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
-    o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+    o = _attention(qkv[0], qkv[1], qkv[2], attn)
     o = F.linear(o.transpose(1, 2).reshape(r, n, hidden), proj_w, proj_b)
     h = h + ga * o.float()
     m = (F.layer_norm(h, (hidden,), eps=1e-6) * (1 + cm) + sm).to(dt)
@@ -217,19 +354,14 @@ def _sit_block(h: torch.Tensor, mod: torch.Tensor, qkv_w, qkv_b, proj_w, proj_b,
     else:
         u = F.gelu(F.linear(m, fc1_w, fc1_b), approximate="tanh")
     m = F.linear(u, fc2_w, fc2_b)
-    return h + gm * m.float()
+    h = h + gm * m.float()
+    return h, _modulated_norm(h, mod_next, dt)
 
 
-def _sit_final(h: torch.Tensor, fmod: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    hidden = h.shape[-1]
-    shift, scale = fmod.float().unsqueeze(1).chunk(2, dim=-1)
-    y = F.layer_norm(h, (hidden,), eps=1e-6) * (1 + scale) + shift
-    return F.linear(y.to(w.dtype), w, b).float()
-
-
-def _sit_finish(h, fmod, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
-    """Final layer, CFG combination and the sampler update x' = a·x + b·v (+ c·noise)."""
-    v = _sit_final(h, fmod, w, b)
+def _sit_finish(a, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
+    """Final projection (a: the final layer's modulated LayerNorm), CFG combination and the
+    sampler update x' = a·x + b·v (+ c·noise)."""
+    v = F.linear(a, w, b).float()
     if guided:
         v_cond, v_uncond = v.chunk(2)
         v = v_uncond + cfg * (v_cond - v_uncond)
@@ -237,6 +369,27 @@ def _sit_finish(h, fmod, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
     if noise is not None:
         out = out + cc * noise
     return out
+
+
+# The previous revision's block layout (LayerNorm at the start of each block, SDPA's own
+# backend choice), kept for ``python -m softvq_demo.bench``'s same-run A/B (``LEGACY_BLOCKS``).
+def _sit_embed_legacy(x, w, b, pos):
+    return F.linear(x.to(w.dtype), w, b).float() + pos
+
+
+def _sit_block_legacy(h, mod, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, heads: int):
+    hidden = h.shape[-1]
+    a = _modulated_norm(h, mod[:, :2 * hidden], qkv_w.dtype)
+    h, _ = _sit_block(h, a, mod, mod[:, :2 * hidden], qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b,
+                      fc2_w, fc2_b, heads, None)
+    return h
+
+
+def _sit_finish_legacy(h, fmod, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
+    return _sit_finish(_modulated_norm(h, fmod, w.dtype), w, b, x, ca, cb, cc, noise, cfg, guided)
+
+
+LEGACY_BLOCKS = False   # bench A/B only: the previous revision's block layout and attention
 
 
 class SiTFast:
@@ -274,10 +427,16 @@ class SiTFast:
             self.fin_b = cast(gen.final_layer.linear.bias[:self.token_dim])
         self.mod_width = self.ada_w.shape[0]
         on = self.compiled
+        self.attn = pick_attention(self.device, self.num_tokens, self.heads, self.hidden // self.heads,
+                                   self.dtype)
         self.f_mod = _maybe_compile(_sit_modulation, on, {0: (0,), 1: (0,)})
-        self.f_embed = _maybe_compile(_sit_embed, on, {0: (0, 1), 3: (0,)})
-        self.f_block = _maybe_compile(_sit_block, on, {0: (0, 1), 1: (0,)})
-        self.f_finish = _maybe_compile(_sit_finish, on, {0: (0, 1), 1: (0,), 4: (0, 1), 8: (0, 1)})
+        self.f_embed = _maybe_compile(_sit_embed, on, {0: (0, 1), 3: (0,), 4: (0,)})
+        self.f_block = _maybe_compile(_sit_block, on, {0: (0, 1), 1: (0, 1), 2: (0,), 3: (0,)})
+        self.f_finish = _maybe_compile(_sit_finish, on, {0: (0, 1), 3: (0, 1), 7: (0, 1)})
+        self.f_embed_legacy = _maybe_compile(_sit_embed_legacy, on, {0: (0, 1), 3: (0,)})
+        self.f_block_legacy = _maybe_compile(_sit_block_legacy, on, {0: (0, 1), 1: (0,)})
+        self.f_finish_legacy = _maybe_compile(_sit_finish_legacy, on, {0: (0, 1), 1: (0,), 4: (0, 1),
+                                                                      8: (0, 1)})
         self.runners: "OrderedDict[tuple, _FlowRunner]" = OrderedDict()
         self.velocities: "OrderedDict[tuple, FastVelocity]" = OrderedDict()
 
@@ -286,12 +445,35 @@ class SiTFast:
         return self.f_mod(t, y_emb, self.t_w0, self.t_b0, self.t_w2, self.t_b2, self.ada_w, self.ada_b)
 
     def trunk(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
-        """Embedding and all blocks: x R×N×D (float32), mods R×(L·6H+2H) → h R×N×H (float32)."""
-        h = self.f_embed(x, self.x_w, self.x_b, self.pos)
+        """Embedding and all blocks: x R×N×D (float32), mods R×(L·6H+2H) → the final layer's
+        modulated LayerNorm R×N×H (in the weights' dtype), ready for ``fin_w``.
+
+        mods holds [block 0: 6H | block 1: 6H | ... | final: 2H]; block i also gets the first 2H
+        of what follows it (block i+1's shift and scale, or the final layer's), since each block
+        ends with the next one's LayerNorm."""
+        if LEGACY_BLOCKS:
+            return self._trunk_legacy(x, mods)
+        w6, w2 = 6 * self.hidden, 2 * self.hidden
+        h, a = self.f_embed(x, self.x_w, self.x_b, self.pos, mods[:, :w2])
+        for i, weights in enumerate(self.blocks):
+            nxt = (i + 1) * w6
+            h, a = self.f_block(h, a, mods[:, i * w6:nxt], mods[:, nxt:nxt + w2], *weights,
+                                self.heads, self.attn)
+        return a
+
+    def _trunk_legacy(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        h = self.f_embed_legacy(x, self.x_w, self.x_b, self.pos)
         w6 = 6 * self.hidden
         for i, weights in enumerate(self.blocks):
-            h = self.f_block(h, mods[:, i * w6:(i + 1) * w6], *weights, self.heads)
+            h = self.f_block_legacy(h, mods[:, i * w6:(i + 1) * w6], *weights, self.heads)
         return h
+
+    def finish(self, out_of_trunk, mods, x, ca, cb, cc, noise, cfg, guided: bool) -> torch.Tensor:
+        """Final layer + CFG + sampler update on what ``trunk`` returned."""
+        if LEGACY_BLOCKS:
+            return self.f_finish_legacy(out_of_trunk, self.final_mods(mods), self.fin_w, self.fin_b,
+                                        x, ca, cb, cc, noise, cfg, guided)
+        return self.f_finish(out_of_trunk, self.fin_w, self.fin_b, x, ca, cb, cc, noise, cfg, guided)
 
     def final_mods(self, mods: torch.Tensor) -> torch.Tensor:
         return mods[:, self.depth * 6 * self.hidden:]
@@ -299,8 +481,10 @@ class SiTFast:
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Eager functional forward (float32 in and out): what ``gen(x, t, y)`` computes."""
         mods = self.modulation(t.float(), self.y_table.index_select(0, y))
-        h = self.trunk(x.float(), mods)
-        return _sit_final(h, self.final_mods(mods), self.fin_w, self.fin_b)
+        a = self.trunk(x.float(), mods)
+        if LEGACY_BLOCKS:
+            a = _modulated_norm(a, self.final_mods(mods), self.fin_w.dtype)
+        return F.linear(a, self.fin_w, self.fin_b).float()
 
     def weight_bytes(self) -> int:
         tensors = [self.x_w, self.x_b, self.t_w0, self.t_b0, self.t_w2, self.t_b2, self.ada_w,
@@ -381,6 +565,22 @@ class _Graphs:
             return g
 
 
+def table_limit(device: torch.device) -> int:
+    """Largest precomputed adaLN table (bytes): ``MOD_TABLE_BYTES``, or on a GPU
+    ``MOD_TABLE_FRACTION`` of its memory if that is more (H100 80 GB: 8 GB, which holds B=64 ×
+    250 steps of SiT-XL, 6.4 GB). The table replaces reading the 28 adaLN matrices (0.45 GB in
+    bf16) at every step by reading B+1 rows of it."""
+    limit = MOD_TABLE_BYTES
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        limit = max(limit, int(MOD_TABLE_FRACTION * total))
+    return limit
+
+
+def use_table(fast: "SiTFast", batch: int, steps: int) -> bool:
+    return _FlowRunner.table_bytes(fast, batch, steps) <= table_limit(fast.device)
+
+
 def _sde_coefficients(grid: Sequence[float], method: str, path: str) -> list[tuple[float, float, float]]:
     """Per step (a, b, c) with x' = a·x + b·v + c·ε -- the Euler / Euler–Maruyama update of
     ``sample_flow`` rewritten in closed form (score = ((α/α̇)·v − x)/(σ² − (α/α̇)·σ̇·σ))."""
@@ -437,7 +637,7 @@ class _FlowRunner:
         else:
             t = self.times.index_select(0, self.step).expand(rows)
             mods = f.modulation(t, self.y_rows[:rows])
-        h = f.trunk(x_in, mods)
+        a = f.trunk(x_in, mods)
         coef = self.coef.index_select(0, self.step)[0]
         if not self.sde:
             noise = None
@@ -445,8 +645,7 @@ class _FlowRunner:
             noise = self.noise.index_select(0, self.step)[0]
         else:
             noise = torch.randn(x.shape, device=x.device, dtype=x.dtype)
-        out = f.f_finish(h, f.final_mods(mods), f.fin_w, f.fin_b, x, coef[0], coef[1], coef[2], noise, self.cfg,
-                         guided)
+        out = f.finish(a, mods, x, coef[0], coef[1], coef[2], noise, self.cfg, guided)
         self.x.copy_(out)
         self.step.add_(1)
 
@@ -468,10 +667,16 @@ class _FlowRunner:
         if self.noise_table and sde_noise is not None:
             self.noise[:sde_noise.shape[0]].copy_(sde_noise)
         if self.precompute:
-            # one product for every (step, row): rows = B labels + the null class
-            t_all = t_steps.to(dev).repeat_interleave(b + 1)
-            y_all = self.y_rows[:b + 1].repeat(total, 1)
-            self.mod_table[:total].copy_(f.modulation(t_all, y_all).view(total, b + 1, -1))
+            # one product for every (step, row): rows = B labels + the null class (in chunks of
+            # steps, so that a large table never has a second, temporary copy)
+            t_dev = t_steps.to(dev)
+            y_rows = self.y_rows[:b + 1]
+            chunk = max(1, MOD_TABLE_BYTES // self.table_bytes(f, b, 1))
+            for s0 in range(0, total, chunk):
+                s1 = min(total, s0 + chunk)
+                t_all = t_dev[s0:s1].repeat_interleave(b + 1)
+                y_all = y_rows.repeat(s1 - s0, 1)
+                self.mod_table[s0:s1].copy_(f.modulation(t_all, y_all).view(s1 - s0, b + 1, -1))
 
         def reset() -> None:
             self.x.copy_(noise)
@@ -530,15 +735,18 @@ def sample_sit_fast(gen: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *
         sde_noise = torch.stack(draws).to(device=device, dtype=torch.float32)
     batch = int(noise.shape[0])
     if precompute is None:
-        precompute = _FlowRunner.table_bytes(fast, batch, total) <= MOD_TABLE_BYTES
+        precompute = use_table(fast, batch, total)
     cap = total if precompute or sde_noise is not None else 1000
     key = (batch, precompute, sde_noise is not None, sde, use_graphs)
     with _LOCK:
         runner = fast.runners.get(key)
         if runner is None or runner.steps_cap < total:
             fast.runners.pop(key, None)
-            while len(fast.runners) >= 3:  # bound the memory held by captured graphs
+            big = precompute and _FlowRunner.table_bytes(fast, batch, max(cap, total)) > MOD_TABLE_BYTES
+            while len(fast.runners) >= (1 if big else 3):  # bound the memory held by graphs, tables
                 fast.runners.popitem(last=False)
+            if big and device.type == "cuda":
+                torch.cuda.empty_cache()
             runner = _FlowRunner(fast, batch, max(cap, total), precompute, sde_noise is not None,
                                  sde, use_graphs)
             fast.runners[key] = runner
