@@ -491,7 +491,8 @@ class Bench:
         with only the adaLN table switched off, to show what each change is worth."""
         b = noise.shape[0]
         variants = [("fast, adaLN per step (no table)", dict(precompute=False), False),
-                    ("previous revision (2026-11-22 first run's code)", dict(precompute=False), True)]
+                    ("previous revision (2026-11-22 first run's code)", dict(precompute=False), True),
+                    ("current fast path again, after the A/B (run-to-run spread)", {}, False)]
         for label, kw, legacy in variants:
             if self.left() < (90 if legacy else 40) and not self.tiny:
                 self.notes.append(f"A/B '{label}': skipped (budget)")
