@@ -77,13 +77,14 @@ def make_images(folder: Path) -> dict:
     return out
 
 
-def launch(args: list, tmp: Path):
-    """Start app.py with ``args`` on a free port; returns (process, client, url, log path)."""
+def launch(args: list, tmp: Path, env: dict | None = None):
+    """Start app.py with ``args`` (and extra ``env``) on a free port; returns (process, client,
+    url, log path)."""
     from gradio_client import Client
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "CUDA_VISIBLE_DEVICES": ""}
+           "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     log_path = tmp / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *map(str, args), "--port", str(port),

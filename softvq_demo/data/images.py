@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import struct
 import warnings
 from pathlib import Path
 from typing import Union
@@ -28,6 +27,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 40_000_000          # refuse larger images (from the header, before decoding)
 MAX_BYTES = 50_000_000           # refuse larger files
 MIN_SIDE = 8
+# Formats we decode. Anything else (EPS, which PIL hands to Ghostscript; PSD, FITS, ...) is refused
+# as "not an image format we can read" before a decoder runs on untrusted bytes.
+FORMATS = ("PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "ICO", "TGA", "QOI",
+           "AVIF")
 CROP_MODES = ("center-crop", "pad", "stretch")
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, io.IOBase]
@@ -69,7 +72,7 @@ def _open(src, max_bytes: int, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=_formats())
     except Image.DecompressionBombError as err:
         m = re.search(r"\((\d+) pixels\)", str(err))
         declared = f" ({_fmt_mp(int(m.group(1)))} declared in its header)" if m else ""
@@ -80,8 +83,15 @@ def _open(src, max_bytes: int, name: str) -> Image.Image:
         what = "a text/HTML file" if head.startswith((b"<", b"{", b"[")) or _looks_text(data[:512]) \
             else "not an image format we can read"
         raise ImageLoadError(f"{name}: not an image ({what})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageLoadError(f"{name}: corrupt image header ({err})") from None
+    except MemoryError:
+        raise ImageLoadError(f"{name}: image too large to open") from None
+    except Exception as err:  # any plugin error on malformed bytes: a corrupt file, not a bug
+        raise ImageLoadError(f"{name}: corrupt image header ({err or type(err).__name__})") from None
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
 def _looks_text(b: bytes) -> bool:
@@ -190,21 +200,23 @@ def load_image(src: ImageSource, max_pixels: int = MAX_PIXELS, max_bytes: int = 
         img = _open(src, max_bytes, name)
     _check_size(img, max_pixels, name)
 
-    frames = getattr(img, "n_frames", 1)
     try:
-        if frames > 1:
+        if getattr(img, "is_animated", False):
             img.seek(0)            # animations: the first frame
         img = ImageOps.exif_transpose(img) or img
         img.load()
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"{name}: image too large to decode safely ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+    except MemoryError:
+        raise ImageLoadError(f"{name}: image too large to decode") from None
+    except Exception as err:  # OSError, EOFError, struct.error, ... from a decoder on bad bytes
         msg = str(err)
         what = "truncated" if "truncat" in msg.lower() or isinstance(err, EOFError) else "corrupt"
         raise ImageLoadError(f"{name}: {what} image file, could not decode it ({msg or type(err).__name__})") from None
+    _check_size(img, max_pixels, name)   # EXIF rotation or a frame may change the size
     try:
         return _to_rgb(img)
-    except (OSError, ValueError) as err:
+    except Exception as err:
         raise ImageLoadError(f"{name}: could not convert {img.mode} image to RGB ({err})") from None
 
 

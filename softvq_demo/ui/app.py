@@ -8,7 +8,7 @@ import gradio as gr
 import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
-from .common import ON_SPACES, OCR, Ctx, handler, list_examples
+from .common import ON_SPACES, OCR, Ctx, guard_numbers, handler, list_examples
 from .manager import ModelManager, is_offline
 
 log = logging.getLogger("softvq_demo.ui")
@@ -50,7 +50,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     toks = manager.names("tokenizer")
     gens = manager.names("generator")
 
-    with gr.Blocks(title="SoftVQ explorer: what do 1D image tokens hold?") as demo:
+    with gr.Blocks(title="SoftVQ explorer: what do 1D image tokens hold?",
+                   delete_cache=cache_policy()) as demo:
         gr.Markdown(
             "# SoftVQ explorer\nLook inside 1D image tokenizers: **SoftVQ-VAE** (continuous tokens, "
             "each a softmax-weighted sum of codewords) and **TiTok** (discrete VQ tokens). "
@@ -111,6 +112,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                        concurrency_limit=1)
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
         demo.load(on_gen, [ctx.gen], gen_outputs)
+    guard_numbers(demo)
     warm_up_umap()
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
@@ -118,6 +120,21 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     demo.manager = manager  # type: ignore[attr-defined]
     demo.ctx = ctx          # type: ignore[attr-defined]
     return demo
+
+
+def cache_policy() -> Optional[tuple[int, int]]:
+    """How long uploads and result images stay in gradio's cache (GRADIO_TEMP_DIR): files older
+    than SOFTVQ_CACHE_TTL seconds (default 3600; 0 keeps them until the server stops) are deleted,
+    checked every min(TTL, 600) s. Without this a public app's cache only ever grows."""
+    import os
+
+    try:
+        ttl = int(float(os.environ.get("SOFTVQ_CACHE_TTL", 3600)))
+    except ValueError:
+        ttl = 3600
+    if ttl <= 0:
+        return None
+    return (max(1, min(ttl, 600)), ttl)
 
 
 def warm_up_umap() -> None:

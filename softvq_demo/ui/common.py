@@ -14,7 +14,8 @@ import torch
 
 from ..analysis.ablation import to_uint8, upscale
 from ..loading import CheckpointError
-from .inputs import InputError
+from ..sampling.oom import is_out_of_memory, release_memory
+from .inputs import InputError, check_number
 from .manager import ModelManager
 
 log = logging.getLogger("softvq_demo.ui")
@@ -56,15 +57,14 @@ def handler(fn: Callable) -> Callable:
         except (InputError, CheckpointError, ValueError, KeyError, IndexError) as err:
             msg = str(err).strip("'\"") or type(err).__name__
             raise gr.Error(msg, print_exception=False) from None
-        except torch.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise gr.Error("out of memory: try fewer images or a smaller batch",
-                           print_exception=False) from None
-        except Exception as err:  # a bug: log it for the operator, keep the UI message short
-            log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"internal error ({type(err).__name__}: {str(err)[:200]}); the server is "
-                           "still running — try other settings", print_exception=False) from None
+        except Exception as err:
+            if not is_out_of_memory(err):  # a bug: log it for the operator, keep the UI message short
+                log.exception("handler %s failed", fn.__name__)
+                raise gr.Error(f"internal error ({type(err).__name__}: {str(err)[:200]}); the server "
+                               "is still running — try other settings", print_exception=False) from None
+            log.warning("handler %s: out of memory (%s)", fn.__name__, err)
+        release_memory()  # outside the except block: its traceback held the failed call's tensors
+        raise gr.Error("out of memory: try fewer images or a smaller batch", print_exception=False)
 
     return wrapper
 
@@ -184,3 +184,28 @@ def image_input(label: str, **kwargs) -> gr.Image:
 
     comp.preprocess = preprocess  # type: ignore[method-assign]
     return comp
+
+
+def guard_numbers(blocks: gr.Blocks) -> int:
+    """Every number box and slider refuses NaN, ±inf, huge and non-numeric values with a message
+    naming the field (gradio's own checks miss NaN, or fail with an internal conversion error).
+    Returns how many components were guarded."""
+    count = 0
+    for comp in blocks.blocks.values():
+        if not isinstance(comp, (gr.Number, gr.Slider)) or getattr(comp, "_softvq_guarded", False):
+            continue
+        original = comp.preprocess
+        name = str(comp.label or comp.elem_id or "number")
+
+        def preprocess(payload, _original=original, _name=name,
+                       _allow_none=isinstance(comp, gr.Number)):
+            try:
+                check_number(payload, _name, allow_none=_allow_none)
+            except InputError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+            return _original(payload)
+
+        comp.preprocess = preprocess  # type: ignore[method-assign]
+        comp._softvq_guarded = True   # type: ignore[attr-defined]
+        count += 1
+    return count

@@ -92,26 +92,57 @@ def load_batch(paths: Sequence[str], size: int, limit: int = MAX_BATCH
 
 
 # --------------------------------------------------------------------------- numbers and lists
-def parse_int(value, name: str, lo: int, hi: int) -> int:
+def short(value) -> str:
+    """A value as a user would read it in a message: never thousands of digits or characters."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        try:
+            v = float(value)
+        except OverflowError:     # an int beyond float range
+            return "a number with " + str(len(str(abs(int(value))))) + " digits"
+        if np.isfinite(v) and abs(v) < 1e12:
+            return str(int(v)) if v == int(v) else f"{v:.6g}"
+        return f"{v:.3g}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_number(value, name: str, *, allow_none: bool = False):
+    """What a number box or slider sent: a finite number (None only where the box may be empty).
+    Raises InputError naming the field; returns the value unchanged."""
+    if value is None:
+        if allow_none:
+            return None
+        raise InputError(f"{name}: no value given")
+    if isinstance(value, bool):
+        raise InputError(f"{name}: not a number ({value!r})")
     try:
         v = float(value)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name}: not a number ({value!r})") from err
-    if not np.isfinite(v) or v != int(v):
-        raise InputError(f"{name}: must be a whole number (got {value})")
-    v = int(v)
+    except OverflowError:
+        raise InputError(f"{name}: {short(value)} is too large") from None
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: not a number ({short(value)})") from None
+    if not np.isfinite(v):
+        raise InputError(f"{name}: must be a finite number (got {short(value)})")
+    return value
+
+
+def parse_int(value, name: str, lo: int, hi: int) -> int:
+    check_number(value, name)
+    v = float(value)
     if not lo <= v <= hi:
-        raise InputError(f"{name} = {v} out of range: choose {lo}..{hi}")
-    return v
+        raise InputError(f"{name} = {short(value)} out of range: choose {lo}..{hi}")
+    if v != int(v):
+        raise InputError(f"{name}: must be a whole number (got {short(value)})")
+    return int(v)
 
 
 def parse_float(value, name: str, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name}: not a number ({value!r})") from err
-    if not np.isfinite(v) or not lo <= v <= hi:
-        raise InputError(f"{name} = {value} out of range: choose {lo}..{hi}")
+    check_number(value, name)
+    v = float(value)
+    if not lo <= v <= hi:
+        raise InputError(f"{name} = {short(value)} out of range: choose {lo}..{hi}")
     return v
 
 

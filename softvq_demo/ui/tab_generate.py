@@ -52,7 +52,7 @@ def run_generate(ctx: Ctx, gen_name: str, labels, cfg, g_low, g_high, steps, sam
     seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
     cfg = parse_float(cfg, "CFG scale", 0.0, 20.0)
     y = [ids[i % len(ids)] for i in range(batch)]
-    from .. import generate
+    from ..sampling.oom import generate_with_fallback as generate  # halves the batch on CUDA OOM
 
     cb = None
     if progress is not None:
@@ -80,6 +80,9 @@ def run_generate(ctx: Ctx, gen_name: str, labels, cfg, g_low, g_high, steps, sam
                        round(t["total_s"], 3), round(t["images_per_s"], 2), round(t["ms_per_step"], 2),
                        t.get("network_evals", "–")]]}
     md = f"{gen_name} → {tok_name}: {len(y)} image(s), {how}, seed {seed}."
+    if t.get("oom_retries"):
+        md += (f"\n\n⚠️ Out of device memory at batch {len(y)}: generated in batches of "
+               f"{t['batch_used']} instead ({t['oom_retries']} retr{'y' if t['oom_retries'] == 1 else 'ies'}).")
     from ..sampling import pair_warning
 
     warning = pair_warning(tok, gen)

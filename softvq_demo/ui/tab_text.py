@@ -46,17 +46,34 @@ def detect(ctx: Ctx, image, tok_name: str):
 
 def textscenes_sample(ctx: Ctx, tok_name: str, index):
     """A held-out textscenes image (as a PNG path for the upload box) and its ground-truth box."""
-    import tempfile
-
     from ..data.textscenes import TextScenes
 
     tok = ctx.tokenizer(tok_name)
     i = parse_int(index, "sample", 0, 1999)
     s = TextScenes("heldout", size=i + 1, image_size=tok.image_size).sample(i)
-    fd, path = tempfile.mkstemp(prefix=f"textscenes-{i}-", suffix=".png")
-    os.close(fd)
-    s.pil().save(path)
+    path = sample_png(f"heldout-{tok.image_size}-{i}", s.pil)
     return path, T.format_boxes([s.box]), f"held-out textscenes #{i}: “{s.text}” (ground-truth box)"
+
+
+def sample_png(name: str, render) -> str:
+    """A PNG rendered once per name in one temp folder (one file per sample and size, however
+    many requests ask for it; written atomically, so concurrent requests never see half a file)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.gettempdir()) / "softvq-textscenes"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.png"
+    if not path.is_file():
+        fd, part = tempfile.mkstemp(dir=folder, prefix=name, suffix=".part")
+        os.close(fd)
+        try:
+            render().save(part, format="PNG")
+            os.replace(part, path)
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
+    return str(path)
 
 
 def click_box(ctx: Ctx, image, tok_name: str, boxes_text: str, corner, evt: gr.SelectData):

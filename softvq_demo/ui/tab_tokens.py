@@ -122,8 +122,13 @@ def interp_view(ctx: Ctx, st: dict, steps, method):
     return [(show(imgs[i], 192), f"t = {t:.2f}") for i, t in enumerate(ts)]
 
 
+# A session's ablation result (tensors, several MB for large models) is dropped this long after its
+# last use; prepare() recomputes it when needed, so expiry costs time, never a wrong answer.
+STATE_TTL_S = 900
+
+
 def build(ctx: Ctx):
-    state = gr.State({})
+    state = gr.State({}, time_to_live=STATE_TTL_S)
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
