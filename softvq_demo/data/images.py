@@ -79,6 +79,10 @@ def _open(src, max_bytes: int, name: str) -> Image.Image:
         raise ImageLoadError(f"{name}: image too large{declared}; refused before decoding "
                              "(decompression bomb?)") from None
     except UnidentifiedImageError:
+        fmt = _magic_format(data)
+        if fmt is not None:   # the signature of a format we read, but no valid header after it
+            raise ImageLoadError(f"{name}: corrupt or truncated {fmt} file (its header could not be "
+                                 "read)") from None
         head = data[:64].lstrip().lower()
         what = "a text/HTML file" if head.startswith((b"<", b"{", b"[")) or _looks_text(data[:512]) \
             else "not an image format we can read"
@@ -87,6 +91,17 @@ def _open(src, max_bytes: int, name: str) -> Image.Image:
         raise ImageLoadError(f"{name}: image too large to open") from None
     except Exception as err:  # any plugin error on malformed bytes: a corrupt file, not a bug
         raise ImageLoadError(f"{name}: corrupt image header ({err or type(err).__name__})") from None
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+          (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _magic_format(data: bytes):
+    """The format whose signature opens ``data`` (None if none of ours)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
 
 
 def _formats() -> tuple[str, ...]:

@@ -8,7 +8,8 @@ import gradio as gr
 import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
-from .common import ON_SPACES, OCR, Ctx, guard_numbers, handler, list_examples
+from .common import (ON_SPACES, OCR, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
+                     list_examples)
 from .manager import ModelManager, is_offline
 
 log = logging.getLogger("softvq_demo.ui")
@@ -113,6 +114,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
         demo.load(on_gen, [ctx.gen], gen_outputs)
     guard_numbers(demo)
+    guard_files(demo)
+    atomic_image_cache()
     warm_up_umap()
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
@@ -125,7 +128,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
 def cache_policy() -> Optional[tuple[int, int]]:
     """How long uploads and result images stay in gradio's cache (GRADIO_TEMP_DIR): files older
     than SOFTVQ_CACHE_TTL seconds (default 3600; 0 keeps them until the server stops) are deleted,
-    checked every min(TTL, 600) s. Without this a public app's cache only ever grows."""
+    checked every TTL/4 s (at most 600). Without this a public app's cache only ever grows. The TTL
+    must exceed the longest wait in the queue: an upload is read when its request runs."""
     import os
 
     try:
@@ -134,7 +138,7 @@ def cache_policy() -> Optional[tuple[int, int]]:
         ttl = 3600
     if ttl <= 0:
         return None
-    return (max(1, min(ttl, 600)), ttl)
+    return (max(1, min(ttl // 4, 600)), ttl)
 
 
 def warm_up_umap() -> None:

@@ -1,0 +1,872 @@
+"""Reliability and security of the app under bad input, load and faults (issue 7).
+
+One server (app.py on 127.0.0.1 with the embedded textscenes models, plus a tokenizer folder with
+truncated weights and a generator folder whose weights do not match its config) serves the module.
+Every bad input goes through the real endpoints (gradio_client, or raw HTTP where the client
+cannot encode the value, e.g. NaN), must come back as a readable message, and the next valid
+request must return the right result. Then 16 concurrent clients over every tab (no errors, no
+cross-user leakage, p95 latency, server RSS over 500 requests, temp files), and the faults: a
+model that fails to load, and CUDA out-of-memory during generation (injected on CPU).
+
+Figures are printed (``pytest -s``) and recorded as junit properties; docs/reliability.md has them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+pytest.importorskip("gradio_client")
+from test_app import launch, stop  # noqa: E402  (shared launcher: tests/ is on sys.path)
+
+ROOT = Path(__file__).resolve().parent.parent
+CK = ROOT / "checkpoints"
+SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-32", "textscenes-sit", "textscenes-maskgit"
+N_CLIENTS = 16
+N_REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", 500))
+CACHE_TTL = int(os.environ.get("RELIABILITY_CACHE_TTL", 30))   # SOFTVQ_CACHE_TTL of the server (s)
+UNCLEAR = ("Traceback", "internal error", "Could not preprocess", "object at 0x", 'File "')
+
+needs_models = pytest.mark.skipif(
+    not all((CK / n / "model.safetensors").is_file() for n in (SV, TT, SIT, MG)),
+    reason="embedded models not in checkpoints/")
+pytestmark = needs_models
+
+
+# ----------------------------------------------------------------------------- images
+def png_stream(width: int, height: int, rows: int | None = None) -> bytes:
+    """A greyscale PNG of zeros, compressed row by row (the pixels never sit in memory); with
+    ``rows`` only that many rows of data follow the header (a bomb: the header is what counts)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(1)
+    row = b"\0" * (width + 1)
+    idat = b"".join(comp.compress(row) for _ in range(height if rows is None else rows)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(w: int = 96, h: int = 80, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * np.ones((h, 1, 3), np.float32)
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def bad_images(folder: Path) -> dict:
+    """name → (path, words one of which the message must contain; None: accepted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good_png, good_jpg = encode(photo(), "PNG"), encode(photo(), "JPEG", quality=90)
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    gif = gif.getvalue()
+    noisy_gif = encode(photo(64, 64, seed=1).convert("P"), "GIF")
+    pal = Image.new("P", (40, 40), 1)
+    pal.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    cases = {
+        "truncated.png": (good_png[: len(good_png) // 2], ("truncated", "corrupt")),
+        "truncated.jpg": (good_jpg[: len(good_jpg) // 3], ("truncated", "corrupt")),
+        "truncated.gif": (noisy_gif[: len(noisy_gif) // 2], ("truncated", "corrupt")),
+        "header-only.png": (good_png[:33], ("truncated", "corrupt")),
+        "corrupt.png": (good_png[:40] + bytes(range(256)) * 8, ("corrupt", "truncated")),
+        "corrupt.jpg": (good_jpg[:2] + b"\xff\xc0" + bytes(200), ("corrupt", "truncated", "not an image")),
+        "notes.png": (b"hello, this is plain text\n" * 20, ("not an image",)),
+        "page.jpg": (b"<!doctype html><html><body>hi</body></html>", ("not an image",)),
+        "archive.gif": (b"PK\x03\x04" + bytes(300), ("not an image",)),
+        "script.png": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n", ("not an image",)),
+        "empty.png": (b"", ("empty",)),
+        "bomb.png": (png_stream(60_000, 60_000, rows=1), ("too large",)),
+        "10k.png": (png_stream(10_000, 10_000), ("too large",)),
+        "1x1.png": (encode(Image.new("RGB", (1, 1), (255, 0, 0)), "PNG"), ("too small",)),
+        "animated.gif": (gif, None),
+        "cmyk.jpg": (encode(Image.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG", quality=95), None),
+        "gray16.png": (encode(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)),
+                              "PNG"), None),
+        "palette.png": (encode(pal, "PNG"), None),
+        "la.png": (encode(Image.new("LA", (50, 30), (0, 0)), "PNG"), None),
+        "rgba.png": (encode(Image.new("RGBA", (50, 50), (0, 0, 255, 0)), "PNG"), None),
+        "4k-ok.png": (png_stream(4000, 3000), None),
+    }
+    out = {}
+    for name, (data, words) in cases.items():
+        (folder / name).write_bytes(data)
+        out[name] = (folder / name, words)
+    return out
+
+
+def client_image(i: int, folder: Path) -> Path:
+    """Client i's own picture: its own size (so messages identify it), colour and label."""
+    import colorsys
+
+    w, h = 100 + 9 * i, 84 + 5 * i
+    r, g, b = (int(255 * c) for c in colorsys.hsv_to_rgb(i / N_CLIENTS, 0.8, 0.9))
+    img = Image.new("RGB", (w, h), (r, g, b))
+    d = ImageDraw.Draw(img)
+    d.ellipse((10 + 3 * i, 10, 60 + 2 * i, 60), fill=(255 - r, 255 - g, 255 - b))
+    d.text((8, h - 20), f"C{i:02d}", fill=(0, 0, 0))
+    path = folder / f"client{i:02d}.png"
+    img.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the server
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reliability")
+    import shutil
+
+    bad_tok = tmp / "broken-tokenizer"            # truncated safetensors
+    shutil.copytree(CK / SV, bad_tok)
+    data = (bad_tok / "model.safetensors").read_bytes()
+    (bad_tok / "model.safetensors").write_bytes(data[: len(data) // 3])
+    bad_gen = tmp / "mismatched-generator"        # SiT config, MaskGIT weights
+    bad_gen.mkdir()
+    shutil.copy(CK / SIT / "config.json", bad_gen)
+    shutil.copy(CK / MG / "model.safetensors", bad_gen)
+    gtmp, otmp = tmp / "gradio-cache", tmp / "tmpdir"
+    gtmp.mkdir()
+    otmp.mkdir()
+    env = {"GRADIO_TEMP_DIR": str(gtmp), "TMPDIR": str(otmp), "SOFTVQ_CACHE_TTL": str(CACHE_TTL),
+           "SOFTVQ_NO_WARMUP": "1"}
+    args = ["--tokenizer", CK / SV, "--tokenizer", CK / TT, "--tokenizer", bad_tok,
+            "--generator", CK / SIT, "--generator", CK / MG, "--generator", bad_gen]
+    t0 = time.perf_counter()
+    proc, client, url, log = launch(args, tmp, env)
+    started = time.perf_counter() - t0
+    images = tmp / "images"
+    images.mkdir()
+    srv = {"proc": proc, "client": client, "url": url, "log": log, "tmp": tmp, "gradio_tmp": gtmp,
+           "own_tmp": otmp, "bad": bad_images(tmp / "bad"), "good": client_image(0, images),
+           "images": images, "kept": set(), "start_s": started}
+    srv["kept"] = {p for p in gtmp.rglob("*") if p.is_file()}     # the examples gradio keeps
+    yield srv
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def local():
+    """The same models in this process: what the server must answer (computed independently)."""
+    from softvq_demo.ui.common import OCR, Ctx
+    from softvq_demo.ui.manager import ModelManager
+
+    m = ModelManager(device="cpu")
+    for name, kind in ((SV, "tokenizer"), (TT, "tokenizer"), (SIT, "generator"), (MG, "generator")):
+        m.load(str(CK / name), kind)
+    return Ctx(manager=m, ocr=OCR())
+
+
+def call(srv, api, *args, client=None, timeout=120):
+    return (client or srv["client"]).submit(*args, api_name=api).result(timeout=timeout)
+
+
+def fd(path):
+    from gradio_client import handle_file
+    return handle_file(str(path))
+
+
+def assert_clear(msg: str) -> str:
+    assert msg and msg.strip(), "empty error message"
+    for bad in UNCLEAR:
+        assert bad not in msg, msg[:1500]
+    assert len(msg) < 2500, msg[:300]
+    return msg
+
+
+def error_of(srv, api, *args) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        call(srv, api, *args)
+    return assert_clear(str(info.value))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+
+
+def mad(a, b) -> float:
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.abs(a - b).mean()) if a.shape == b.shape else math.inf
+
+
+def expected_reconstruction(local, image) -> tuple[np.ndarray, np.ndarray]:
+    from softvq_demo.ui.tab_reconstruct import run_reconstruct
+
+    out = run_reconstruct(local, str(image), SV, "none", False, "center-crop")
+    return out[0], out[1]          # model input, reconstruction (display size)
+
+
+def check_serving(srv, local, image=None):
+    """A valid request after a bad one: the right reconstruction comes back."""
+    image = image or srv["good"]
+    orig, rec = call(srv, "/reconstruct", fd(image), SV, "none", False, "center-crop")[:2]
+    want_orig, want_rec = expected_reconstruction(local, image)
+    assert mad(pixels(orig), want_orig) < 4 and mad(pixels(rec), want_rec) < 4
+
+
+# ----------------------------------------------------------------------------- raw HTTP
+def raw(srv, api: str, data: list, timeout: float = 60) -> tuple[str, object]:
+    """POST a JSON body as written (NaN/Infinity literals allowed), then read the event stream:
+    ('complete', outputs) or ('error', message)."""
+    import httpx
+
+    base = srv["url"] + "gradio_api/call/" + api.strip("/")
+    body = json.dumps({"data": data}, allow_nan=True)
+    r = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=timeout)
+    if r.status_code != 200:
+        return "http", f"{r.status_code} {r.text[:300]}"
+    text = httpx.get(f"{base}/{r.json()['event_id']}", timeout=timeout).text
+    event, payload = None, None
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if lines.get("event") in ("complete", "error"):
+            event, payload = lines["event"], lines.get("data")
+    if event == "error":
+        err = json.loads(payload) if payload and payload != "null" else None
+        return "error", (err.get("error") if isinstance(err, dict) else str(err))
+    return event or "none", json.loads(payload) if payload else None
+
+
+def upload(srv, path) -> dict:
+    import httpx
+
+    with open(path, "rb") as fh:
+        r = httpx.post(srv["url"] + "gradio_api/upload", files={"files": (Path(path).name, fh)})
+    r.raise_for_status()
+    return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+
+# ============================================================================= bad inputs
+def test_bad_images_every_image_endpoint(server, local):
+    """Each bad file through reconstruct (and a sample through codebook, token lab, text tokens,
+    batch upload): a readable message naming the problem; odd-but-valid images are accepted."""
+    srv = server
+    for name, (path, words) in srv["bad"].items():
+        if words is None:
+            out = call(srv, "/reconstruct", fd(path), SV, TT, False, "pad")
+            assert pixels(out[1]).shape[0] >= 256, name
+            continue
+        msg = error_of(srv, "/reconstruct", fd(path), SV, "none", False, "center-crop")
+        assert any(w in msg.lower() for w in words), (name, msg)
+        assert path.name in msg, (name, msg)          # says which file
+    # first frame of an animation, transparency on white, CMYK colour kept
+    gif = pixels(call(srv, "/reconstruct", fd(srv["bad"]["animated.gif"][0]), SV, "none", False,
+                      "center-crop")[0])
+    assert gif[..., 0].mean() > 200 and gif[..., 1].mean() < 60
+    rgba = pixels(call(srv, "/reconstruct", fd(srv["bad"]["rgba.png"][0]), SV, "none", False,
+                       "center-crop")[0])
+    assert rgba.mean() > 245
+    cmyk = pixels(call(srv, "/reconstruct", fd(srv["bad"]["cmyk.jpg"][0]), SV, "none", False,
+                       "center-crop")[0])
+    assert cmyk[..., 0].mean() > 200 and cmyk[..., 1].mean() < 70
+    check_serving(srv, local)
+    # the other tabs that take an image go through the same validation
+    bomb, text = fd(srv["bad"]["bomb.png"][0]), fd(srv["bad"]["notes.png"][0])
+    good = fd(srv["good"])
+    assert "too large" in error_of(srv, "/codebook", bomb, SV, 8)
+    assert "not an image" in error_of(srv, "/ablate", text, good, SV, "mean", 0)
+    assert "not an image" in error_of(srv, "/ablate", good, text, SV, "mean", 0)
+    assert "too large" in error_of(srv, "/text_tokens", bomb, SV, "none", "1,1,40,40", "zero", 0, False)
+    assert "truncated" in error_of(srv, "/detect_text", fd(srv["bad"]["truncated.png"][0]), SV)
+    files = [fd(srv["bad"][k][0]) for k in ("truncated.png", "notes.png", "bomb.png")]
+    msg = error_of(srv, "/latent_map", SV, "upload", 10, files, "image", "pca", "image")
+    assert "none of the uploaded files" in msg
+    fig, md, _ = call(srv, "/latent_map", SV, "upload", 10, files + [good, fd(srv["bad"]["la.png"][0])],
+                      "image", "pca", "image")
+    assert "2 uploaded images (3 skipped" in md
+    check_serving(srv, local)
+
+
+# Every numeric field: (api, valid arguments, index of the field). Images are filled in per server.
+def numeric_fields(img) -> list[tuple[str, list, int, str]]:
+    gen = [SIT, [1], 1.5, 0.0, 0.7, 3, "euler", 0, 1]
+    lab = [img, img, SV, "mean", 0]
+    return ([("generate", gen, i, n) for i, n in ((2, "CFG scale"), (3, "guidance from"),
+                                                   (4, "guidance to"), (5, "steps"), (7, "seed"),
+                                                   (8, "batch size"))]
+            + [("codebook", [img, SV, 8], 2, "top codewords"),
+               ("ablate", lab, 4, "noise seed"),
+               ("select_token", lab + [3], 5, "Selected token"),
+               ("subset", lab + ["first", 3], 6, "k tokens"),
+               ("interpolate", lab + [3, "linear"], 5, "steps"),
+               ("latent_map", [SV, "examples", 4, [], "image", "pca", "image"], 2, "images"),
+               ("latent_point", [0], 0, "image index"),
+               ("codebook_usage", [SV, "examples", 4, []], 2, "images"),
+               ("text_tokens", [img, SV, "none", "1,1,40,40", "zero", 2, False], 5, "text tokens"),
+               ("textscenes_sample", [SV, 2], 1, "textscenes sample"),
+               ("text_profile", [SV, "none", 2, "zero"], 2, "textscenes images")])
+
+
+BAD_NUMBERS = [float("nan"), float("inf"), float("-inf"), 1e308, -1e308, 10**30, 10**400, "abc",
+               "nan", None, [], True]
+
+
+def test_bad_numbers_in_every_numeric_field(server, local):
+    """NaN, ±inf, huge, non-numeric and missing values, sent as raw JSON (a browser or script can;
+    gradio_client refuses to encode NaN): a message naming the field or its bounds, never a crash."""
+    srv = server
+    img = upload(srv, srv["good"])
+    counts = {"error": 0}
+    for api, args, i, name in numeric_fields(img):
+        for value in BAD_NUMBERS:
+            data = list(args)
+            data[i] = value
+            event, msg = raw(srv, api, data)
+            if value is None and event == "complete":      # an empty number box may mean "default"
+                continue
+            assert event == "error", (api, name, value, event, msg)
+            assert_clear(msg)
+            low = msg.lower()
+            # the field's name, gradio's "Value ... maximum value", or (latent_point from a session
+            # without a map) the step that is missing
+            assert any(w in low for w in (name.lower(), "value", "range", "compute a map")), \
+                (api, name, value, msg)
+            counts["error"] += 1
+        assert raw(srv, api, list(args))[0] in ("complete", "error")  # the field's valid value
+    print(f"\nnumeric fields: {len(numeric_fields(img))} fields × {len(BAD_NUMBERS)} bad values = "
+          f"{counts['error']} refused with a message")
+    check_serving(srv, local)
+
+
+def test_empty_selections_and_out_of_range_ids(server, local):
+    srv = server
+    a, b = fd(srv["good"]), fd(client_image(3, srv["images"]))
+    cases = [
+        (("/reconstruct", None, SV, "none", False, "center-crop"), "no image"),
+        (("/reconstruct", a, None, "none", False, "center-crop"), "no tokenizer"),
+        (("/codebook", None, SV, 8), "no image"),
+        (("/generate", SIT, [], 1.5, 0, 0.7, 3, "euler", 0, 1), "class"),
+        (("/generate", SIT, None, 1.5, 0, 0.7, 3, "euler", 0, 1), "class"),
+        (("/generate", None, [1], 1.5, 0, 0.7, 3, "euler", 0, 1), "no generator"),
+        (("/generate", SIT, [12], 1.5, 0, 0.7, 3, "euler", 0, 1), "out of range"),
+        (("/generate", MG, [-1], 2.0, 0, 1, 3, "linear", 0, 1), "out of range"),
+        (("/generate", SIT, [10**12], 1.5, 0, 0.7, 3, "euler", 0, 1), "out of range"),
+        (("/generate", SIT, ["cat"], 1.5, 0, 0.7, 3, "euler", 0, 1), "not a number"),
+        (("/generate", SIT, [1.5], 1.5, 0, 0.7, 3, "euler", 0, 1), "whole number"),
+        (("/swap", a, b, SV, "mean", 0, ""), "no tokens"),
+        (("/swap", a, b, SV, "mean", 0, "32"), "out of range"),
+        (("/swap", a, b, SV, "mean", 0, "0-999"), "out of range"),
+        (("/swap", a, b, SV, "mean", 0, "-1"), "token indices"),
+        (("/swap", a, b, SV, "mean", 0, "1; drop table"), "token indices"),
+        (("/swap", a, None, SV, "mean", 0, "1"), "image b"),
+        (("/select_token", a, b, SV, "mean", 0, 32), "out of range"),
+        (("/subset", a, b, SV, "mean", 0, "first", 33), "out of range"),
+        (("/latent_point", 5), ("compute a map first", "out of range")),
+        (("/latent_map", SV, "upload", 10, [], "image", "pca", "image"), "no files"),
+        (("/codebook_usage", SV, "upload", 10, None), "no files"),
+        (("/text_tokens", a, SV, "none", "", "zero", 0, False), "no text boxes"),
+        (("/text_tokens", a, SV, "none", "1,1,40,40", "zero", 33, False), "out of range"),
+        (("/text_tokens", a, SV, "none", "1,2,3", "zero", 0, False), "four numbers"),
+        (("/textscenes_sample", SV, 2000), ("out of range", "maximum value")),
+        (("/text_profile", None, "none", 2, "zero"), "no tokenizer"),
+        (("/load_model", None), "catalogue"),
+    ]
+    for args, words in cases:
+        msg = error_of(srv, *args)
+        words = (words,) if isinstance(words, str) else words
+        if "out of range" in words:           # gradio's own bounds check words it this way
+            words = words + ("maximum value", "minimum value")
+        assert any(w in msg.lower() for w in words), (args[0], words, msg)
+    check_serving(srv, local)
+
+
+def test_loading_from_the_browser_is_catalogue_only(server, local):
+    """The load box takes catalogue names only: no path, no Hub id outside the catalogue, and no
+    file under the server's folders is readable or usable as an input."""
+    srv = server
+    for typed in ("/etc/passwd", str(CK / SV), "checkpoints/textscenes-sit", "../../etc",
+                  "someone/evil-model", "SoftVQVAE/not-listed", "file:///etc/passwd",
+                  "textscenes-softvq-32/../../etc"):
+        msg = error_of(srv, "/load_model", typed)
+        assert "catalogue" in msg or "not in the list of choices" in msg, (typed, msg)
+        event, raw_msg = raw(srv, "load_model", [typed])
+        assert event == "error" and ("catalogue" in raw_msg or "choices" in raw_msg)
+    # an embedded catalogue model loads (already there: returned at once)
+    md = call(srv, "/load_model", SV)[0]
+    assert f"Loaded **{SV}**" in md
+    # a file path inside a request is refused before any handler runs
+    import httpx
+
+    for path in ("/etc/passwd", str(CK / SV / "config.json"), str(ROOT / "app.py")):
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, SV, "none", False, "center-crop"]
+        event, msg = raw(srv, "reconstruct", data)
+        assert event == "error" and "not uploaded by a user" in msg, (path, msg)
+        r = httpx.get(srv["url"] + "gradio_api/file=" + path)
+        assert r.status_code in (403, 404) and "root:" not in r.text
+    event, msg = raw(srv, "latent_map", [SV, "upload", 10, [{"path": "/etc/passwd", "meta": {
+        "_type": "gradio.FileData"}}], "image", "pca", "image"])
+    assert event == "error" and "not uploaded by a user" in msg
+    check_serving(srv, local)
+
+
+def test_model_that_fails_to_load_leaves_the_others_serving(server, local):
+    import httpx
+
+    srv = server
+    config = httpx.get(srv["url"] + "config").json()
+    notes = [c["props"]["value"] for c in config["components"]
+             if c.get("props", {}).get("elem_id") == "startup-notes"][0]
+    assert "Could not load tokenizer" in notes and "broken-tokenizer" in notes
+    assert "safetensors" in notes
+    assert "Could not load generator" in notes and "mismatched-generator" in notes
+    assert "do not match" in notes
+    choices = {c["props"].get("elem_id"): [ch[1] if isinstance(ch, (list, tuple)) else ch
+                                           for ch in c["props"].get("choices", [])]
+               for c in config["components"] if c.get("props", {}).get("elem_id") in ("tok-a", "gen")}
+    assert choices["tok-a"] == [SV, TT] and choices["gen"] == [SIT, MG]
+    assert "broken-tokenizer" in error_of(srv, "/reconstruct", fd(srv["good"]), "broken-tokenizer",
+                                          "none", False, "center-crop")
+    gallery = call(srv, "/generate", MG, [2], 2.0, 0, 1, 3, "linear", 0, 2)[0]
+    assert len(gallery) == 2
+    check_serving(srv, local)
+
+
+# ============================================================================= fuzzing
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+MODES_FORMATS = [("RGB", "PNG"), ("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"),
+                 ("I;16", "PNG"), ("1", "PNG"), ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"),
+                 ("RGB", "GIF"), ("RGB", "WEBP"), ("RGBA", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"),
+                 ("CMYK", "TIFF"), ("I;16", "TIFF"), ("RGBA", "TIFF")]
+MUTATIONS = ["none", "truncate", "flip", "splice", "header", "swap-magic"]
+
+
+@st.composite
+def image_files(draw, max_side: int = 96):
+    """Bytes of a real image in a random mode/format/size, then maybe damaged; with an extension
+    that may lie about the format."""
+    mode, fmt = draw(st.sampled_from(MODES_FORMATS))
+    w, h = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if mode == "I;16":
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+    elif mode in ("RGBA", "LA"):
+        img = Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (h, w), dtype=np.uint8)])).convert(mode)
+    else:
+        img = Image.fromarray(rgb).convert(mode)
+    kw = {}
+    if fmt == "GIF" and draw(st.booleans()):   # animated
+        kw = dict(save_all=True, append_images=[Image.fromarray(255 - rgb)], duration=40)
+    data = encode(img, fmt, **kw)
+    mutation = draw(st.sampled_from(MUTATIONS))
+    if mutation == "truncate":
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    elif mutation == "flip":
+        arr = bytearray(data)
+        for pos in draw(st.lists(st.integers(0, len(arr) - 1), min_size=1, max_size=12)):
+            arr[pos] = draw(st.integers(0, 255))
+        data = bytes(arr)
+    elif mutation == "splice":
+        pos = draw(st.integers(0, len(data)))
+        data = data[:pos] + draw(st.binary(min_size=1, max_size=64)) + data[pos:]
+    elif mutation == "header":
+        data = draw(st.binary(min_size=4, max_size=24)) + data[24:]
+    elif mutation == "swap-magic":   # another format's magic in front of this one's body
+        data = draw(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a",
+                                     b"RIFF\0\0\0\0WEBP", b"BM"])) + data[8:]
+    ext = draw(st.sampled_from([".png", ".jpg", ".gif", ".webp", ".bmp", ".tif"]))
+    return data, ext, dict(mode=mode, fmt=fmt, size=(w, h), mutation=mutation)
+
+
+FUZZ = {"library": 0, "library_ok": 0, "server": 0, "server_ok": 0, "numbers": 0}
+
+
+def test_fuzz_image_bytes_through_server(server, local, tmp_path):
+    """Damaged and odd images uploaded to /reconstruct; after each, a valid request is answered
+    correctly."""
+    from gradio_client.exceptions import AppError
+
+    srv = server
+    n = int(os.environ.get("RELIABILITY_FUZZ_SERVER", 30))
+    want_orig, want_rec = expected_reconstruction(local, srv["good"])
+
+    @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=image_files())
+    def run(case):
+        data, ext, info = case
+        path = tmp_path / f"upload{ext}"
+        path.write_bytes(data)
+        FUZZ["server"] += 1
+        try:
+            out = call(srv, "/reconstruct", fd(path), SV, "none", False, "center-crop")
+            FUZZ["server_ok"] += 1
+            assert pixels(out[1]).shape == (256, 256, 3)
+        except AppError as err:
+            assert_clear(str(err))
+            assert info["mutation"] != "none" or min(info["size"]) < 8, (info, str(err))
+        orig, rec = call(srv, "/reconstruct", fd(srv["good"]), SV, "none", False, "center-crop")[:2]
+        assert mad(pixels(orig), want_orig) < 4 and mad(pixels(rec), want_rec) < 4
+
+    run()
+    print(f"\nimage fuzz: {FUZZ['server']} cases through the server ({FUZZ['server_ok']} accepted)")
+    assert srv["proc"].poll() is None
+
+
+def test_fuzz_numbers_through_server(server, local):
+    """Random values (any float incl. NaN/inf, huge ints, strings, null, lists) in random numeric
+    fields, raw JSON: a result or a clear message; the server then answers correctly."""
+    srv = server
+    img = upload(srv, srv["good"])
+    fields = numeric_fields(img)
+    values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**80, 2**80),
+                       st.sampled_from(["nan", "-inf", "1e999", "", "12abc", None, [], {}, True]),
+                       st.integers(-3, 40))
+
+    @settings(max_examples=int(os.environ.get("RELIABILITY_FUZZ_NUMBERS", 30)), deadline=None,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(field=st.sampled_from(fields), value=values)
+    def run(field, value):
+        api, args, i, name = field
+        data = list(args)
+        data[i] = value
+        FUZZ["numbers"] += 1
+        event, msg = raw(srv, api, data)
+        assert event in ("complete", "error"), (api, name, value, event, msg)
+        if event == "error":
+            assert_clear(msg)
+
+    run()
+    check_serving(srv, local)
+    print(f"\nnumber fuzz: {FUZZ['numbers']} requests")
+
+
+# ============================================================================= load
+def test_concurrent_clients_all_tabs(server, local, record_property):
+    """16 clients at once over every tab, each with its own image: no error, every answer is for
+    the client's own input (pixels, sizes in messages, per-session state), p95 latency; the
+    server's RSS stays flat over N_REQUESTS requests after a warm-up round."""
+    from gradio_client import Client
+
+    from softvq_demo.ui.tab_generate import run_generate
+
+    srv = server
+    own = [client_image(i, srv["images"]) for i in range(N_CLIENTS)]
+    expect = [expected_reconstruction(local, p) for p in own]
+    sizes = [Image.open(p).size for p in own]
+    gen_args = [(SIT if i % 2 == 0 else MG, [i % 12], 1.5 if i % 2 == 0 else 2.0, 0.0,
+                 0.7 if i % 2 == 0 else 1.0, 3, "euler" if i % 2 == 0 else "linear", i, 1)
+                for i in range(N_CLIENTS)]
+    expect_gen = [np.asarray(run_generate(local, *a)[0][0][0], np.float32) for a in gen_args]
+    with ThreadPoolExecutor(N_CLIENTS) as pool:
+        clients = list(pool.map(lambda i: Client(srv["url"], verbose=False,   # own download folder:
+                                                 download_files=str(srv["tmp"] / f"dl{i}")),
+                                range(N_CLIENTS)))     # gradio_client's writes race otherwise
+    lat: dict[str, list] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 420
+
+    def nearest(img, candidates) -> int:
+        return int(np.argmin([mad(img, c) for c in candidates]))
+
+    def op(i: int, k: int):
+        """Client i's k-th request (a fixed cycle over the tabs)."""
+        c, me, other = clients[i], fd(own[i]), fd(own[(i + 1) % N_CLIENTS])
+        w, h = sizes[i]
+        kind = ("reconstruct", "codebook", "ablate", "swap", "generate", "latent_map",
+                "latent_point", "text")[k % 8]
+        t0 = time.perf_counter()
+        if kind == "reconstruct":
+            orig, rec, *_, notes = call(srv, "/reconstruct", me, SV, TT if k % 16 == 0 else "none",
+                                        False, "center-crop", client=c)
+            got = pixels(rec)
+            assert nearest(got, [e[1] for e in expect]) == i and mad(got, expect[i][1]) < 4
+            assert f"{w}×{h}" in notes
+        elif kind == "codebook":
+            md = call(srv, "/codebook", me, TT if k % 16 else SV, 8, client=c)[2]
+            assert f"original {w}×{h}" in md, md
+        elif kind == "ablate":   # once per session (0.4 s); later rounds reuse the session state
+            name = "/ablate" if k < 8 else "/select_token"
+            args = (me, other, SV, "mean", 0) + (() if k < 8 else (k % 32,))
+            out = call(srv, name, *args, client=c)
+            text = out[2] if name == "/ablate" else out[3]
+            if name == "/ablate":
+                assert f"original {w}×{h}" in text, text
+            else:
+                assert f"Token **{k % 32}**" in text
+            base = pixels(out[5] if name == "/ablate" else out[0])
+            assert nearest(base, [e[1] for e in expect]) == i
+        elif kind == "swap":
+            ra, rb, sw, md = call(srv, "/swap", me, other, SV, "mean", 0, "0-3", client=c)
+            assert nearest(pixels(ra), [e[1] for e in expect]) == i
+            assert nearest(pixels(rb), [e[1] for e in expect]) == (i + 1) % N_CLIENTS
+        elif kind == "generate":
+            gallery = call(srv, "/generate", *gen_args[i], client=c)[0]
+            got = pixels(gallery[0]["image"])
+            assert nearest(got, expect_gen) == i and mad(got, expect_gen[i]) < 6
+        elif kind == "latent_map":
+            md = call(srv, "/latent_map", SV, "upload", 10, [me, other], "image", "pca", "image",
+                      client=c)[1]
+            assert "2 uploaded images" in md
+        elif kind == "latent_point":   # the session's own map (gr.State), image 0 = its own
+            orig, rec, caption, _ = call(srv, "/latent_point", 0, client=c)
+            assert f"client{i:02d}" in caption, caption
+            assert nearest(pixels(orig), [e[0] for e in expect]) == i
+        else:
+            if k < 8:
+                out = call(srv, "/text_tokens", me, SV, "none", "4,4,60,40", "zero", 3, False,
+                           client=c)
+                assert "text tokens" in out[6]
+            else:
+                path, boxes, md = call(srv, "/textscenes_sample", SV, (i + k) % 50, client=c)
+                assert f"#{(i + k) % 50}" in md and len(boxes.split(",")) == 4
+        with lock:
+            lat.setdefault(kind, []).append(time.perf_counter() - t0)
+
+    def worker(i: int, ks):
+        for k in ks:
+            if time.monotonic() > deadline:
+                with lock:
+                    errors.append(f"client {i}: time budget exhausted")
+                return
+            try:
+                op(i, k)
+            except Exception as err:  # noqa: BLE001 - every failure is recorded and reported
+                with lock:
+                    errors.append(f"client {i} request {k}: {type(err).__name__}: {str(err)[:300]}")
+
+    pid = srv["proc"].pid
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(N_CLIENTS) as pool:          # warm-up: every op once per client
+        list(pool.map(lambda i: worker(i, range(8)), range(N_CLIENTS)))
+    warm_s = time.perf_counter() - t0
+    warm_max = max(v for vs in lat.values() for v in vs)
+    assert not errors, errors[:5]
+    rss0 = rss_kb(pid)
+    lat.clear()
+    per_client = math.ceil(N_REQUESTS / N_CLIENTS)
+    samples = [rss0]
+    stop_sampling = threading.Event()
+
+    def sample_rss():
+        while not stop_sampling.wait(2.0):
+            samples.append(rss_kb(pid))
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(N_CLIENTS) as pool:
+        list(pool.map(lambda i: worker(i, range(8, 8 + per_client)), range(N_CLIENTS)))
+    load_s = time.perf_counter() - t1
+    stop_sampling.set()
+    sampler.join()
+    rss1 = rss_kb(pid)
+    assert not errors, f"{len(errors)} errors: {errors[:5]}"
+    all_lat = np.array([v for vs in lat.values() for v in vs])
+    n = len(all_lat)
+    assert n == per_client * N_CLIENTS
+    p50, p95 = np.percentile(all_lat, 50), np.percentile(all_lat, 95)
+    growth = (rss1 - rss0) / rss0
+    per_op = ", ".join(f"{k} {1000 * np.percentile(v, 95):.0f}" for k, v in sorted(lat.items()))
+    report = (f"\nload: {N_CLIENTS} clients, warm-up {8 * N_CLIENTS} requests in {warm_s:.1f} s "
+              f"(slowest {warm_max:.1f} s), then "
+              f"{n} requests in {load_s:.1f} s ({n / load_s:.1f} req/s): latency p50 "
+              f"{1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms, max {1000 * all_lat.max():.0f} ms; "
+              f"p95 per op (ms): {per_op}\nserver RSS {rss0 / 1024:.0f} MiB after warm-up → "
+              f"{rss1 / 1024:.0f} MiB after {n} requests ({100 * growth:+.2f}%; max during "
+              f"{max(samples) / 1024:.0f} MiB)")
+    print(report)
+    for key, value in (("p50_ms", 1000 * p50), ("p95_ms", 1000 * p95), ("rss_growth", growth),
+                       ("requests", n), ("load_s", load_s)):
+        record_property(key, value)
+    assert growth < 0.05, report
+    assert srv["proc"].poll() is None
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+# ============================================================================= library-level fuzzing
+@settings(max_examples=int(os.environ.get("RELIABILITY_FUZZ_LIB", 250)), deadline=None,
+          suppress_health_check=list(HealthCheck), database=None)
+@given(case=image_files())
+def test_fuzz_image_bytes_library(case, tmp_path_factory):
+    """What every image endpoint calls (ui.inputs.model_image): a tensor or an InputError."""
+    from softvq_demo.ui.inputs import InputError, model_image
+
+    data, ext, info = case
+    path = tmp_path_factory.getbasetemp() / f"fuzz{ext}"
+    path.write_bytes(data)
+    FUZZ["library"] += 1
+    try:
+        x, desc, _ = model_image(str(path), 128)
+    except InputError as err:
+        assert_clear(str(err))
+        assert info["mutation"] != "none" or min(info["size"]) < 8, (info, err)
+        return
+    FUZZ["library_ok"] += 1
+    assert x.shape == (1, 3, 128, 128) and torch.isfinite(x).all() and x.abs().max() <= 1
+    assert min(info["size"]) >= 8, info
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**400, 10**400),
+                       st.text(max_size=30), st.none(), st.booleans()),
+       lo=st.integers(-5, 5), span=st.integers(0, 10**6))
+def test_fuzz_number_parsers(value, lo, span):
+    """The validators every handler uses: a value in range, or a short InputError."""
+    from softvq_demo.ui.inputs import InputError, parse_float, parse_int
+
+    for parse in (parse_int, parse_float):
+        try:
+            v = parse(value, "field", lo, lo + span)
+        except InputError as err:
+            assert str(err).startswith("field") and len(str(err)) < 200, str(err)
+            continue
+        assert lo <= v <= lo + span and math.isfinite(v)
+        if parse is parse_int:
+            assert isinstance(v, int)
+
+
+# ============================================================================= faults
+def inject_oom(monkeypatch, gen, limit: int, exc=torch.OutOfMemoryError) -> list:
+    """The generator's network raises a CUDA-style out-of-memory error above ``limit`` rows."""
+    forward, seen = gen.forward, []
+
+    def fwd(x, *args, **kwargs):
+        seen.append(int(x.shape[0]))
+        if x.shape[0] > limit:
+            raise exc("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "forward", fwd)
+    return seen
+
+
+def test_oom_falls_back_to_smaller_batches(local, monkeypatch):
+    from softvq_demo import generate
+    from softvq_demo.sampling.oom import generate_with_fallback
+
+    gen, tok = local.manager.generator(SIT), local.manager.tokenizer(SV)
+    opts = dict(steps=3, method="heun", cfg_scale=1.5, guidance_low=0.0, guidance_high=1.0)
+    labels = [0, 1, 2, 3, 4, 5, 6, 7]
+    full = generate(gen, tok, labels, seed=7, **opts)
+    seen = inject_oom(monkeypatch, gen, limit=4)      # CFG doubles the rows: 16 and 8 > 4 → OOM
+    out = generate_with_fallback(gen, tok, labels, seed=7, **opts)
+    assert out.timings["oom_retries"] == 2 and out.timings["batch_used"] == 2   # 8 → 4 → 2
+    assert out.images.shape == full.images.shape and out.labels.tolist() == labels
+    assert torch.allclose(out.images, full.images, atol=1e-4)    # same noise: same images (ODE)
+    assert seen[0] == 16 and 8 in seen and seen[-1] == 4
+    # a generic RuntimeError that says "out of memory" is handled the same way
+    monkeypatch.undo()
+    inject_oom(monkeypatch, gen, limit=2, exc=RuntimeError)
+    assert generate_with_fallback(gen, tok, labels, seed=7, **opts).timings["batch_used"] == 1
+    # nothing fits: the OOM is raised for the app to report; other errors are never swallowed
+    monkeypatch.undo()
+    inject_oom(monkeypatch, gen, limit=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        generate_with_fallback(gen, tok, labels, seed=7, **opts)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="out of range"):
+        generate_with_fallback(gen, tok, [99], seed=7, **opts)
+    again = generate_with_fallback(gen, tok, labels, seed=7, **opts)   # the next request works
+    assert again.timings["oom_retries"] == 0 and torch.equal(again.images, full.images)
+
+
+def test_oom_in_the_generate_tab(local, monkeypatch):
+    """What the Generate tab shows: the fallback, then a clear message when even one image does
+    not fit, then a normal answer."""
+    import gradio as gr
+
+    from softvq_demo.ui.common import handler
+    from softvq_demo.ui.tab_generate import run_generate
+
+    mg = local.manager.generator(MG)
+    args = (MG, [3], 2.0, 0.0, 1.0, 3, "linear", 0, 4)
+    inject_oom(monkeypatch, mg, limit=4)      # MaskGIT: cond + uncond in one batch of 2B
+    gallery, table, md = run_generate(local, *args)
+    assert len(gallery) == 4 and "Out of device memory at batch 4" in md and "batches of 2" in md
+    monkeypatch.undo()
+    inject_oom(monkeypatch, mg, limit=0)
+    with pytest.raises(gr.Error, match="out of memory"):
+        handler(run_generate)(local, *args)
+    monkeypatch.undo()
+    gallery, table, md = handler(run_generate)(local, *args)
+    assert len(gallery) == 4 and "Out of device memory" not in md
+
+
+def test_other_models_keep_serving_after_load_failures(tmp_path):
+    """In process, every kind of bad checkpoint folder at start-up: each is reported by name, the
+    good models load, and nothing was allocated for the memory bomb."""
+    import shutil
+
+    from softvq_demo.ui.app import create_manager
+
+    bad = {}
+    for kind in ("truncated", "pickle", "bomb", "mismatch", "missing-config"):
+        folder = tmp_path / kind
+        shutil.copytree(CK / SV, folder)
+        bad[kind] = folder
+    w = bad["truncated"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    (bad["pickle"] / "model.safetensors").unlink()
+    (bad["pickle"] / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n.")
+    cfg = json.loads((bad["bomb"] / "config.json").read_text())
+    cfg.update(codebook_size=2**31, codebook_embed_dim=2**20)
+    (bad["bomb"] / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(CK / TT / "model.safetensors", bad["mismatch"] / "model.safetensors")
+    (bad["missing-config"] / "config.json").unlink()
+    before = rss_kb(os.getpid())
+    m = create_manager(tokenizers=[str(CK / SV)] + [str(p) for p in bad.values()] + [str(CK / TT)],
+                       device="cpu")
+    assert rss_kb(os.getpid()) - before < 500_000          # no bomb-sized allocation (< 0.5 GB)
+    assert m.names("tokenizer") == [SV, TT]
+    assert len(m.messages) == len(bad)
+    for kind, msg in zip(bad, m.messages):
+        assert kind in msg and "Could not load tokenizer" in msg, msg
+    assert "pickle" in m.messages[1] and "do not match" in m.messages[3]
+
+
+# ============================================================================= temp files
+def test_temp_files_are_cleaned_up(server):
+    """Last: gradio's cache (uploads, result images) empties SOFTVQ_CACHE_TTL after the traffic
+    stops, and the app's own temp files are bounded (one PNG per textscenes sample)."""
+    srv = server
+    gtmp, otmp = srv["gradio_tmp"], srv["own_tmp"]
+
+    def extra():
+        return [p for p in gtmp.rglob("*") if p.is_file() and p not in srv["kept"]]
+
+    peak = len(extra())
+    deadline = time.monotonic() + 2 * CACHE_TTL + 10
+    while extra() and time.monotonic() < deadline:
+        time.sleep(1)
+    left = extra()
+    own = [p for p in otmp.rglob("*") if p.is_file()]
+    samples = [p for p in own if p.parent.name == "softvq-textscenes"]
+    print(f"\ntemp files: gradio cache {peak} files after the tests → {len(left)} after "
+          f"{2 * CACHE_TTL + 10} s at most; app temp dir {len(own)} files ({len(samples)} textscenes PNGs)")
+    print(f"fuzz totals: {FUZZ['library']} image cases in process ({FUZZ['library_ok']} accepted), "
+          f"{FUZZ['server']} through the server, {FUZZ['numbers']} random number requests")
+    assert not left, left[:5]
+    assert len(samples) <= 51 and len(own) - len(samples) <= 5, own[:10]
+    assert srv["proc"].poll() is None
+    log = srv["log"].read_text()
+    assert not re.search(r"handler \w+ failed", log), log[-3000:]    # no unexpected exception
