@@ -386,7 +386,8 @@ class Bench:
             out["k"] = k
         return out
 
-    def sit_row(self, net, config, batch, setting, times, flops_row, measured_s=None, note=""):
+    def sit_row(self, net, config, batch, setting, times, flops_row, measured_s=None, note="",
+                record=True):
         name, px, n, d, kind = net
         opts = self.settings[setting]
         n_u, n_g = schedule(opts["steps"], opts["method"], opts["cfg_scale"], opts["guidance_low"],
@@ -403,9 +404,10 @@ class Bench:
                    frac_peak=flops / total / 1e12 / self.peak_tflops, how=how, note=note,
                    t_u_ms=1000 * times["t_u"] if times else None,
                    t_g_ms=1000 * times["t_g"] if times else None)
-        self.sit = [r for r in self.sit if not (r["net"] == name and r["batch"] == batch and
-                                                r["setting"] == setting and r["config"] == config)]
-        self.sit.append(row)
+        if record:  # (A/B variants are logged, not put in the table)
+            self.sit = [r for r in self.sit if not (r["net"] == name and r["batch"] == batch and
+                                                    r["setting"] == setting and r["config"] == config)]
+            self.sit.append(row)
         self.log(f"  {name:18s} B={batch:<4d} {setting:9s} {config:8s} {row['images_per_s']:9.2f} img/s "
                  f"{row['ms_per_step']:8.2f} ms/step {row['tflops']:6.1f} TFLOP/s "
                  f"({100 * row['frac_peak']:.0f}% peak) [{how}]")
@@ -507,8 +509,7 @@ class Bench:
                 fastmod.LEGACY_BLOCKS = False
                 fastmod.sit_fast(gen).runners.clear()
             row = self.sit_row(net, "fast", b, setting, None, flops_row, measured_s=t,
-                               note=f"A/B: {label}")
-            self.sit = [r for r in self.sit if r is not row]  # keep the table's fast row the headline
+                               note=f"A/B: {label}", record=False)
             self.ab.append(dict(variant=label, images_per_s=row["images_per_s"],
                                 ms_per_step=row["ms_per_step"], wall_incl_compile_s=time.perf_counter() - t0))
             self.notes.append(f"A/B B={b} {net[2]} tok {setting}: {label}: {row['images_per_s']:.2f} images/s; "
