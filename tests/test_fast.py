@@ -245,3 +245,17 @@ def test_attention_pick_and_table_limit_on_cpu(tiny_sit, monkeypatch):
     q, k, v = torch.randn(3, 2, 4, 8, 16).unbind(0)
     assert torch.allclose(fast._attention(q, k, v, None),
                           torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("name,low_precision", [("softvq/tiny", True), ("titok/tiny_pixels", False),
+                                                ("titok/tiny_vae", True)])
+def test_fast_tokenizer_precision_on_cuda(reference, monkeypatch, name, low_precision):
+    """On CUDA, VQ tokenizers keep float32 (bf16 flips nearest-codeword ids); continuous ones go bf16.
+    Checked here by telling the fast path it is on CUDA (graphs off) and watching what it builds."""
+    tok = load_tokenizer(reference / name, device="cpu")
+    built = []
+    monkeypatch.setattr(fast, "module_device", lambda m: torch.device("cuda"))
+    monkeypatch.setattr(fast, "low_precision_copy", lambda m, dtype, **kw: built.append(dtype) or m)
+    ftok = fast.FastTokenizer(tok, compile=False, graphs=False)
+    assert (ftok.dtype == torch.bfloat16) == low_precision
+    assert built == ([torch.bfloat16] if low_precision else [])

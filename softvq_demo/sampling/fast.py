@@ -904,9 +904,14 @@ class FastTokenizer:
         self._ref = weakref.ref(tok)  # the cache is keyed by tok: hold it weakly
         self.device = module_device(tok)
         on_cuda = self.device.type == "cuda"
-        self.dtype = BF16 if on_cuda else torch.float32
-        self.compiled = compile_enabled(self.device, compile)
-        self._copy = low_precision_copy(tok, self.dtype, compile=self.compiled) if on_cuda else None
+        # Discrete tokenizers stay float32: a nearest-codeword decision flips on bf16 rounding and
+        # a flipped id swaps a whole codeword (TiTok images were 2-3e-2 off the float32 reference
+        # in bf16, SoftVQ 8e-3). Their bf16 gain at batch 256 was ~1.0x anyway; CUDA graphs still
+        # remove the launch overhead at small batches.
+        low_precision = on_cuda and not tok.is_discrete
+        self.dtype = BF16 if low_precision else torch.float32
+        self.compiled = low_precision and compile_enabled(self.device, compile)
+        self._copy = low_precision_copy(tok, self.dtype, compile=self.compiled) if low_precision else None
         self.graphs = _Graphs(self.device, graphs_enabled(self.device, graphs))
         self.graph_batch = graph_batch
         self.buffers: dict = {}
@@ -928,8 +933,9 @@ class FastTokenizer:
         return getattr(self.original, name)
 
     def _call(self, kind: str, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        # Explicitly off for float32: callers such as generate() wrap decode in bf16 autocast.
         autocast = (torch.autocast(device_type="cuda", dtype=self.dtype, cache_enabled=False)
-                    if self.device.type == "cuda" else torch.autocast(device_type="cpu", enabled=False))
+                    if self.dtype == BF16 else torch.autocast(device_type=self.device.type, enabled=False))
         if not self.graphs.enabled or x.shape[0] > self.graph_batch:
             with autocast:
                 return fn(x)
