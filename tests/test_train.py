@@ -100,6 +100,18 @@ def test_generator_trains_on_a_frozen_tokenizer(tiny_tokenizers, tmp_path, famil
     assert res.images.shape == (2, 3, 32, 32) and torch.isfinite(res.images).all()
 
 
+def test_generator_exports_fp16_weights_that_load_as_fp32(tiny_tokenizers, tmp_path):
+    from softvq_demo.loading import read_header
+
+    sv, _ = tiny_tokenizers
+    out = tmp_path / "sit16"
+    main(["generator", "--family", "sit", "--tokenizer", str(sv), "--out", str(out), "--steps", "5",
+          "--export-dtype", "fp16", "--no-state", *TINY])
+    assert {dt for _, dt in read_header(out / "model.safetensors").values()} == {"F16"}
+    gen = load_generator(out, device="cpu")
+    assert all(p.dtype == torch.float32 for p in gen.parameters())
+
+
 def test_optimizer_state_round_trips_through_safetensors(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--guidance-scale", type=float, default=3.0, help="MaskGIT default CFG scale")
     l.add_argument("--guidance-decay", default="linear", help="MaskGIT CFG schedule")
     l.add_argument("--temperature", type=float, default=2.0, help="MaskGIT randomize_temperature")
+    l.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"],
+                   help="dtype of the exported model.safetensors (fp16 halves the file; loaders "
+                        "copy it into fp32 models)")
     return parser
 
 

@@ -121,6 +121,8 @@ def make_export(args: argparse.Namespace, d: Dist):
 
     def export(raw: nn.Module, ema: Optional[nn.Module], info: dict) -> dict:
         model = copy.deepcopy(ema if ema is not None else raw).eval()
+        if getattr(args, "export_dtype", "fp32") == "fp16":
+            model = model.half()
         save_pretrained(model, out)
         return {}
 
