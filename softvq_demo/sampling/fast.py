@@ -804,10 +804,6 @@ def fast_velocity(gen: nn.Module, compile: Optional[bool] = None, graphs: Option
 # convolutions and to tiny batches, where a compile (seconds per block width) does not pay.
 COMPILED_BLOCKS = ("Block",)
 FP32_MODULES = ("quantize",)
-# TiTok's MaskGIT-VQGAN pixel decoder in bf16 put images 2.6e-2 off the float32 reference (random
-# weights, measured on the H100 and reproduced on CPU); in float16, as the official recipe runs
-# it, 8.5e-3 with the rest of TiTok in bf16, at the same speed. GroupNorms stay float32 (autocast).
-FP16_MODULES = ("pixel_decoder",)
 
 
 def _fp32_forward(module: nn.Module) -> None:
@@ -819,20 +815,6 @@ def _fp32_forward(module: nn.Module) -> None:
         dev = next((a.device.type for a in args if torch.is_tensor(a)), "cuda")
         with torch.autocast(device_type=dev, enabled=False):
             return cls_forward(self, *args, **kwargs)
-
-    module.forward = types.MethodType(forward, module)
-
-
-def _fp16_forward(module: nn.Module) -> None:
-    """Run this submodule under float16 autocast (its matmul weights already float16); the
-    output goes back to float32 for the caller."""
-    cls_forward = type(module).forward
-
-    def forward(self, *args, **kwargs):
-        dev = next((a.device.type for a in args if torch.is_tensor(a)), "cuda")
-        with torch.autocast(device_type=dev, dtype=torch.float16, cache_enabled=False):
-            out = cls_forward(self, *args, **kwargs)
-        return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
 
     module.forward = types.MethodType(forward, module)
 
@@ -851,16 +833,13 @@ def _param_ids(module: nn.Module, names: Sequence[str]) -> set:
 def low_precision_copy(module: nn.Module, dtype: torch.dtype = BF16,
                        keep_fp32: Sequence[str] = FP32_MODULES, compile: bool = False,
                        channels_last: bool = False,
-                       compile_blocks: Sequence[str] = COMPILED_BLOCKS,
-                       in_fp16: Sequence[str] = FP16_MODULES) -> nn.Module:
+                       compile_blocks: Sequence[str] = COMPILED_BLOCKS) -> nn.Module:
     """A copy of ``module`` whose matmul weights are in ``dtype`` (no float32 copy is ever made),
-    to run under autocast. Submodules named in ``keep_fp32`` run in float32 with autocast off,
-    those in ``in_fp16`` under float16 autocast with float16 matmul weights; blocks named in
-    ``compile_blocks`` are compiled when asked; ``channels_last`` puts 4-D conv weights
+    to run under autocast. Submodules named in ``keep_fp32`` run in float32 with autocast off;
+    blocks named in ``compile_blocks`` are compiled when asked; ``channels_last`` puts 4-D conv weights
     channels-last (off: on the H100 the official NCHW layout ran TiTok's pixel decoder faster,
     503 vs 389 images/s at batch 256)."""
     keep = _param_ids(module, keep_fp32)
-    half = _param_ids(module, in_fp16) if dtype != torch.float32 else set()
     # Only matrix-product weights go to ``dtype`` (Linear / Conv weights and biases, packed
     # in-projections): embeddings, class/mask/latent tokens, positions, norms and LayerScale stay
     # float32, so the residual streams are float32 as under autocast with float32 weights.
@@ -877,7 +856,7 @@ def low_precision_copy(module: nn.Module, dtype: torch.dtype = BF16,
             continue
         q = p.detach()
         if q.is_floating_point() and id(p) in matmul and id(p) not in keep:
-            q = q.to(torch.float16 if id(p) in half else dtype)
+            q = q.to(dtype)
             if channels_last and q.ndim == 4:
                 q = q.contiguous(memory_format=torch.channels_last)
         memo[id(p)] = nn.Parameter(q, requires_grad=False)
@@ -886,12 +865,11 @@ def low_precision_copy(module: nn.Module, dtype: torch.dtype = BF16,
             memo[id(b)] = b
     clone = copy.deepcopy(module, memo)
     clone.eval().requires_grad_(False)
-    for names, wrap in ((keep_fp32, _fp32_forward), (in_fp16 if half else (), _fp16_forward)):
-        for name in names:
-            try:
-                wrap(clone.get_submodule(name))
-            except AttributeError:
-                pass
+    for name in keep_fp32:
+        try:
+            _fp32_forward(clone.get_submodule(name))
+        except AttributeError:
+            pass
     if compile:
         _raise_recompile_limit()
         for m in clone.modules():
@@ -931,7 +909,10 @@ class FastTokenizer:
         self._ref = weakref.ref(tok)  # the cache is keyed by tok: hold it weakly
         self.device = module_device(tok)
         on_cuda = self.device.type == "cuda"
-        self.dtype = BF16 if on_cuda else torch.float32
+        # TiTok runs in float16, as its official recipe does: in bf16 its proxy-code softmax and
+        # MaskGIT-VQGAN pixel decoder put images 2.2-2.9e-2 off the float32 reference (H100, random
+        # weights; bf16 ViT + fp16 pixel decoder still 0.9-1.0e-2), at the same speed.
+        self.dtype = (torch.float16 if tok.family == "titok" else BF16) if on_cuda else torch.float32
         self.compiled = compile_enabled(self.device, compile)
         self._copy = low_precision_copy(tok, self.dtype, compile=self.compiled) if on_cuda else None
         self.graphs = _Graphs(self.device, graphs_enabled(self.device, graphs))
