@@ -169,8 +169,8 @@ def _effective_cfg(gen, options: dict) -> Optional[float]:
     if "guidance_scale" in options:
         return options["guidance_scale"]
     if gen.family == "sit":
-        from .sampling import SIT_DEFAULTS
-        return SIT_DEFAULTS["cfg_scale"]
+        from .sampling import sit_defaults
+        return sit_defaults(gen)["cfg_scale"]
     return getattr(gen, "guidance_scale", None)
 
 

@@ -118,3 +118,18 @@ def test_catalogue_pairs_the_embedded_models():
     assert set(embedded) == set(NAMES)
     assert embedded["textscenes-sit"].pair == "textscenes-softvq-32"
     assert embedded["textscenes-maskgit"].pair == "textscenes-titok-32"
+
+
+def test_sit_sampling_defaults_come_from_its_config():
+    from softvq_demo.sampling import SIT_DEFAULTS, sit_defaults
+
+    _entry("textscenes-sit")
+    gen = load_generator("textscenes-sit", device="cpu")
+    tok = load_tokenizer("textscenes-softvq-32", device="cpu")
+    d = sit_defaults(gen)
+    assert set(d) == set(SIT_DEFAULTS)
+    assert d["cfg_scale"] == gen.config["sampling"]["cfg_scale"] != SIT_DEFAULTS["cfg_scale"]
+    implicit = generate(gen, tok, [1], seed=0, steps=4)
+    explicit = generate(gen, tok, [1], seed=0, steps=4, cfg_scale=d["cfg_scale"])
+    assert torch.equal(implicit.images, explicit.images)
+    assert implicit.timings["network_evals"] == explicit.timings["network_evals"]

@@ -23,6 +23,13 @@ Seed = Union[int, torch.Generator, None]
 SIT_DEFAULTS = dict(steps=50, method="euler", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7)
 
 
+def sit_defaults(generator: Generator) -> dict:
+    """SIT_DEFAULTS with a SiT's own defaults from config.json's optional "sampling" dict
+    (e.g. a small embedded model tuned to a higher CFG scale); unknown keys are ignored."""
+    extra = (getattr(generator, "config", None) or {}).get("sampling") or {}
+    return {**SIT_DEFAULTS, **{k: v for k, v in extra.items() if k in SIT_DEFAULTS}}
+
+
 def check_pair(tokenizer: Tokenizer, generator: Generator) -> None:
     """Raise ValueError saying why a generator cannot produce tokens for this tokenizer."""
     tf, gf = tokenizer.family, generator.family
@@ -97,7 +104,7 @@ def sample(generator: Generator, labels: Labels, *, seed: Seed = None,
     y = as_labels(labels, generator.num_classes, device)
     rng = make_rng(seed)
     if generator.family == "sit":
-        opts = {**SIT_DEFAULTS, "path": generator.path_type, **options}
+        opts = {**sit_defaults(generator), "path": generator.path_type, **options}
         if noise is None:
             shape = (y.shape[0], generator.num_tokens, generator.token_dim)
             noise = torch.randn(shape, generator=rng, device=rng.device if rng else device)
@@ -156,17 +163,18 @@ def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed
     images = images.float().clamp(-1, 1)
     _sync(tok_device)
     end = time.perf_counter()
-    steps = options.get("steps", SIT_DEFAULTS["steps"] if generator.family == "sit"
+    steps = options.get("steps", sit_defaults(generator)["steps"] if generator.family == "sit"
                         else generator.config.get("model", {}).get("generator", {}).get("num_steps", 8))
     n = int(y.shape[0])
     timings = dict(generator_s=mid - start, decode_s=end - mid, total_s=end - start,
                    images_per_s=n / max(end - start, 1e-9), ms_per_step=1000 * (mid - start) / max(steps, 1),
                    steps=steps, batch=n, device=str(device))
     if generator.family == "sit":
-        opts = {**SIT_DEFAULTS, **options}
+        opts = {**sit_defaults(generator), **options}
         timings["network_evals"] = network_evaluations(opts["steps"], opts["method"], opts["cfg_scale"],
                                                        opts["guidance_low"], opts["guidance_high"])
     return Generation(images=images, tokens=tokens, labels=y, timings=timings)
 
 
-__all__ = ["sample", "generate", "check_pair", "pair_warning", "Generation", "METHODS", "PATHS", "SIT_DEFAULTS"]
+__all__ = ["sample", "generate", "check_pair", "pair_warning", "Generation", "METHODS", "PATHS", "SIT_DEFAULTS",
+           "sit_defaults"]
