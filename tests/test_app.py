@@ -373,3 +373,16 @@ def test_app_builds_without_any_model(tmp_path):
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
     assert {"reconstruct", "ablate", "codebook", "latent_map", "generate", "text_tokens",
             "text_profile", "load_model"} <= names
+
+
+def test_generate_tab_starts_from_each_generators_own_defaults():
+    """The Generate tab's sliders start where the library samples by default for that model."""
+    from softvq_demo import load_generator
+    from softvq_demo.sampling import sit_defaults
+    from softvq_demo.ui.tab_generate import sampler_defaults
+
+    sit = load_generator("textscenes-sit")
+    d = sit_defaults(sit)
+    assert sampler_defaults(sit) == (d["method"], d["cfg_scale"], d["steps"])
+    maskgit = load_generator("textscenes-maskgit")
+    assert sampler_defaults(maskgit) == (maskgit.guidance_decay, maskgit.guidance_scale, maskgit.num_steps)

@@ -5,6 +5,7 @@ import functools
 
 import gradio as gr
 
+from ..sampling import SIT_DEFAULTS, sit_defaults
 from .common import Ctx, event, handler, show
 from .inputs import InputError, parse_choice, parse_float, parse_int
 
@@ -96,7 +97,21 @@ def _initial_choices(ctx: Ctx) -> list[tuple[str, int]]:
     return class_choices(ctx.manager.generator(gens[0])) if gens else []
 
 
+def sampler_defaults(gen) -> tuple[str, float, int]:
+    """(sampler or guidance decay, CFG scale, steps) a generator samples with by default: a SiT's
+    own config.json "sampling" entry over the package defaults; MaskGIT's release settings."""
+    if gen is None:
+        return "euler", SIT_DEFAULTS["cfg_scale"], SIT_DEFAULTS["steps"]
+    if gen.family == "sit":
+        d = sit_defaults(gen)
+        return d["method"], float(d["cfg_scale"]), int(d["steps"])
+    return (getattr(gen, "guidance_decay", "linear"), float(getattr(gen, "guidance_scale", 3.0)),
+            int(getattr(gen, "num_steps", 8)))
+
+
 def build(ctx: Ctx):
+    gens = ctx.manager.names("generator")
+    method0, cfg0, steps0 = sampler_defaults(ctx.manager.generator(gens[0]) if gens else None)
     with gr.Row():
         with gr.Column(scale=1):
             init = _initial_choices(ctx)
@@ -104,12 +119,12 @@ def build(ctx: Ctx):
                                   allow_custom_value=True, label="Classes", elem_id="gen-classes",
                                   info="one or more (type to search); the batch cycles through them")
             with gr.Row():
-                cfg = gr.Slider(0, 10, value=1.75, step=0.05, label="CFG scale")
-                steps = gr.Slider(1, 250, value=50, step=1, label="steps")
+                cfg = gr.Slider(0, 10, value=cfg0, step=0.05, label="CFG scale")
+                steps = gr.Slider(1, 250, value=steps0, step=1, label="steps")
             with gr.Row():
                 g_low = gr.Slider(0, 1, value=0.0, step=0.05, label="guidance from t =")
                 g_high = gr.Slider(0, 1, value=0.7, step=0.05, label="guidance to t =")
-            sampler = gr.Radio(SIT_METHODS + MASKGIT_DECAY, value="euler", label="Sampler",
+            sampler = gr.Radio(SIT_METHODS + MASKGIT_DECAY, value=method0, label="Sampler",
                                info="SiT: euler / heun / sde · MaskGIT: guidance decay")
             with gr.Row():
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
@@ -134,12 +149,8 @@ def build(ctx: Ctx):
         gen = ctx.manager.generator(gen_name)
         choices = class_choices(gen)
         first = [choices[0][1]] if choices else []
-        if gen.family == "sit":
-            return (gr.update(choices=choices, value=first), gr.update(value="euler"),
-                    gr.update(value=1.75), gr.update(value=50))
-        return (gr.update(choices=choices, value=first),
-                gr.update(value=getattr(gen, "guidance_decay", "linear")),
-                gr.update(value=float(getattr(gen, "guidance_scale", 3.0))),
-                gr.update(value=int(getattr(gen, "num_steps", 8))))
+        method, scale, n = sampler_defaults(gen)
+        return (gr.update(choices=choices, value=first), gr.update(value=method),
+                gr.update(value=scale), gr.update(value=n))
 
     return [classes, sampler, cfg, steps], handler(on_gen)
