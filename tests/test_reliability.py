@@ -869,3 +869,36 @@ def test_temp_files_are_cleaned_up(server):
     assert srv["proc"].poll() is None
     log = srv["log"].read_text()
     assert not re.search(r"handler \w+ failed", log), log[-3000:]    # no unexpected exception
+
+
+def test_cache_expiry_survives_concurrent_additions(tmp_path):
+    """gradio's own sweep iterated live sets (one 'Set changed size during iteration' stopped its
+    schedule for good); ours deletes expired files, keeps fresh and kept ones, and never raises."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from gradio import route_utils
+
+    from softvq_demo.ui.common import robust_cache_expiry
+
+    robust_cache_expiry()
+    old, fresh, kept = (tmp_path / n for n in ("old.webp", "fresh.webp", "kept.webp"))
+    for f in (old, kept):
+        f.write_bytes(b"x")
+    _time.sleep(1.2)
+    fresh.write_bytes(b"x")
+
+    class GrowingSet(set):
+        """A set that another thread 'adds to' while it is being walked."""
+        def __iter__(self):
+            items = list(super().__iter__())
+            for item in items:
+                self.add(str(tmp_path / f"new-{len(self)}.webp"))
+                yield item
+
+    temp_set = GrowingSet({str(old), str(fresh), str(kept), str(tmp_path / "gone.webp")})
+    blocks = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(kept)})},
+                             temp_file_sets=[temp_set])
+    route_utils.delete_files_created_by_app(blocks, age=1)
+    assert not old.exists() and fresh.exists() and kept.exists()
+    assert str(old) not in temp_set and str(fresh) in temp_set

@@ -9,7 +9,7 @@ import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
 from .common import (ON_SPACES, OCR, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
-                     list_examples)
+                     list_examples, robust_cache_expiry)
 from .manager import ModelManager, is_offline
 
 log = logging.getLogger("softvq_demo.ui")
@@ -116,6 +116,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     guard_numbers(demo)
     guard_files(demo)
     atomic_image_cache()
+    robust_cache_expiry()
     warm_up_umap()
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
