@@ -74,16 +74,16 @@ def cmd_reconstruct(args) -> None:
     from .loading import load_tokenizer
 
     paths = [Path(p) for p in args.images]
-    for p in paths:  # every bad file fails before a model loads or a progress bar starts
+    for p in paths:  # fail before loading a model
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
-        load_image(p)
     tok = load_tokenizer(args.tokenizer, device=args.device)
+    # Decoded once, at model size (small), before the progress bar: a bad file is one clean error.
+    inputs = [to_model_input(load_image(p), tok.image_size) for p in paths]
     device = next(tok.parameters()).device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for p in tqdm(paths, desc="reconstruct", unit="img"):
-        x, how = to_model_input(load_image(p), tok.image_size)
+    for p, (x, how) in zip(tqdm(paths, desc="reconstruct", unit="img"), inputs):
         with torch.no_grad(), autocast(device):
             y = tok.decode(tok.encode(x.to(device)).latents).float().clamp(-1, 1).cpu()
         to_pil(y[0]).save(out / f"{p.stem}_recon.png")

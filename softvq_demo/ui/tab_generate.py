@@ -5,7 +5,7 @@ import functools
 
 import gradio as gr
 
-from ..sampling import SIT_DEFAULTS, sit_defaults
+from ..sampling import SIT_DEFAULTS, pair_warning, sit_defaults
 from .common import Ctx, event, handler, show
 from .inputs import InputError, parse_choice, parse_float, parse_int
 
@@ -84,17 +84,10 @@ def run_generate(ctx: Ctx, gen_name: str, labels, cfg, g_low, g_high, steps, sam
     if t.get("oom_retries"):
         md += (f"\n\n⚠️ Out of device memory at batch {len(y)}: generated in batches of "
                f"{t['batch_used']} instead ({t['oom_retries']} retr{'y' if t['oom_retries'] == 1 else 'ies'}).")
-    from ..sampling import pair_warning
-
     warning = pair_warning(tok, gen)
     if warning:
         md += f"\n\n⚠️ {warning}."
     return gallery, table, md
-
-
-def _initial_choices(ctx: Ctx) -> list[tuple[str, int]]:
-    gens = ctx.manager.names("generator")
-    return class_choices(ctx.manager.generator(gens[0])) if gens else []
 
 
 def sampler_defaults(gen) -> tuple[str, float, int]:
@@ -111,10 +104,11 @@ def sampler_defaults(gen) -> tuple[str, float, int]:
 
 def build(ctx: Ctx):
     gens = ctx.manager.names("generator")
-    method0, cfg0, steps0 = sampler_defaults(ctx.manager.generator(gens[0]) if gens else None)
+    first_gen = ctx.manager.generator(gens[0]) if gens else None
+    method0, cfg0, steps0 = sampler_defaults(first_gen)
     with gr.Row():
         with gr.Column(scale=1):
-            init = _initial_choices(ctx)
+            init = class_choices(first_gen) if first_gen is not None else []
             classes = gr.Dropdown(init, value=[init[0][1]] if init else [], multiselect=True,
                                   allow_custom_value=True, label="Classes", elem_id="gen-classes",
                                   info="one or more (type to search); the batch cycles through them")
