@@ -55,6 +55,20 @@ class Tokenizer(nn.Module):
     codebook_size: Optional[int] = None  # None for continuous (VAE) tokenizers
     num_codebooks: int = 1
 
+    # Ordered 1D tokenizers (One-D-Piece, FlexTok) decode any prefix ``latents[:, :k]``; the
+    # others need all ``num_tokens`` tokens and ``decode`` refuses fewer (``check_token_count``).
+    prefix_decodable: bool = False
+
+    def check_token_count(self, k: int) -> None:
+        """Raise a ValueError unless ``decode`` can take ``k`` tokens (1 ≤ k ≤ N for prefix models)."""
+        if k == self.num_tokens:
+            return
+        if not self.prefix_decodable:
+            raise ValueError(f"this {self.family} tokenizer cannot decode fewer tokens than it was "
+                             f"built for: it needs all {self.num_tokens}, got {k}")
+        if not 1 <= k <= self.num_tokens:
+            raise ValueError(f"a prefix of 1..{self.num_tokens} tokens decodes, got {k}")
+
     def encode(self, images: torch.Tensor) -> Encoded:  # pragma: no cover - abstract
         raise NotImplementedError
 
