@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .analysis import metrics
 from .analysis.codec import reconstruct_images
 from .data import textscenes as ts
+from .sampling import settings
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -123,27 +124,14 @@ def _model_info(model) -> dict:
 
 def _guidance_options(gen, cfg: Optional[float], guided: bool) -> dict:
     """Sampler options for a run with (``guided``) or without classifier-free guidance."""
-    if gen.family == "sit":
-        if not guided:
-            return dict(cfg_scale=1.0)
-        return {} if cfg is None else dict(cfg_scale=float(cfg))
-    if gen.family == "maskgit":
-        if not guided:
-            decay = getattr(gen, "guidance_decay", "linear")
-            return dict(guidance_scale=1.0 if decay == "power-cosine" else 0.0)
-        return {} if cfg is None else dict(guidance_scale=float(cfg))
-    raise ValueError(f"no guidance settings for generator family {gen.family!r}")
+    if not guided:
+        return settings.unguided(gen)
+    return {} if cfg is None else {settings.guidance_key(gen): float(cfg)}
 
 
 def _effective_cfg(gen, options: dict) -> Optional[float]:
-    if "cfg_scale" in options:
-        return options["cfg_scale"]
-    if "guidance_scale" in options:
-        return options["guidance_scale"]
-    if gen.family == "sit":
-        from .sampling import sit_defaults
-        return sit_defaults(gen)["cfg_scale"]
-    return getattr(gen, "guidance_scale", None)
+    key = settings.guidance_key(gen)
+    return options.get(key, settings.defaults(gen)[key])
 
 
 def class_words_for(gen) -> Optional[list[str]]:

@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from ..sampling.settings import SIT_DEFAULTS
+
 TARGETS = {"reconstruct": 0.3, "ablation": 3.0, "umap": 30.0, "generate": 3.0}
 
 
@@ -41,6 +43,11 @@ def bench_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
         low = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
         return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear",
                                                align_corners=False)
+
+
+def _sit_text(opts: dict) -> str:
+    return (f"{opts['method']}, CFG {opts['cfg_scale']:g} on [{opts['guidance_low']:g}, "
+            f"{opts['guidance_high']:g}]")
 
 
 def main(argv=None) -> int:
@@ -93,11 +100,10 @@ def main(argv=None) -> int:
 
     try:
         gen = load_generator(gen_src, device="cpu")
-        opts = dict(steps=args.steps, method="euler", cfg_scale=1.75, guidance_low=0.0,
-                    guidance_high=0.7) if gen.family == "sit" else dict(steps=args.steps)
+        opts = dict(SIT_DEFAULTS, steps=args.steps) if gen.family == "sit" else dict(steps=args.steps)
         gen_s = timed(lambda: generate(gen, tok, [0], seed=0, **opts), repeat=3)
         rows.append((f"generation, {args.steps} steps (1 image)", gen_s, TARGETS["generate"],
-                     f"{gen.family}, {'euler, CFG 1.75 on [0, 0.7]' if gen.family == 'sit' else ''}"))
+                     f"{gen.family}, {_sit_text(opts) if gen.family == 'sit' else ''}"))
     except Exception as err:  # a tokenizer without a matching generator still gets its numbers
         rows.append(("generation", float("nan"), TARGETS["generate"], f"skipped: {err}"))
 
