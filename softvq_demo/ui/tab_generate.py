@@ -13,6 +13,7 @@ from .inputs import InputError, parse_choice, parse_float, parse_int
 
 SIT = settings.SIT
 MASKGIT = settings.MASKGIT
+ALL_SAMPLER_CHOICES = list(SIT["method"].choices) + list(MASKGIT["guidance_decay"].choices)
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,7 +146,9 @@ def build(ctx: Ctx):
                                   visible=sit0, elem_id="gen-g-low")
                 g_high = gr.Slider(hi.low, hi.high, value=hi.default, step=hi.step, label=hi.label,
                                    visible=sit0, elem_id="gen-g-high")
-            sampler = gr.Radio(list(choice0.choices), value=method0, label=choice0.label.capitalize(),
+            # Registered with every family's choices (API calls name any generator); the browser
+            # shows only the selected generator's (controls_for narrows them per session).
+            sampler = gr.Radio(ALL_SAMPLER_CHOICES, value=method0, label=choice0.label.capitalize(),
                                info=choice0.help, elem_id="gen-sampler")
             with gr.Row():
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
