@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from .sampling import settings
+
 
 def _parse_classes(text: str) -> list[int]:
     try:
@@ -21,6 +23,10 @@ def _parse_classes(text: str) -> list[int]:
     if not classes:
         raise argparse.ArgumentTypeError("--classes is empty")
     return classes
+
+
+def _range(setting) -> str:
+    return f"{setting.low:g}..{setting.high:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--generator", default="textscenes-sit")
     gen.add_argument("--tokenizer", default=None, help="default: the generator's paired tokenizer")
     gen.add_argument("--classes", type=_parse_classes, default=[0], help="e.g. 207,360")
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale")
-    gen.add_argument("--sampler", default=None, help="SiT: euler, heun, sde")
-    gen.add_argument("--guidance-low", type=float, default=None)
-    gen.add_argument("--guidance-high", type=float, default=None)
+    sit, mg = settings.SIT, settings.MASKGIT
+    gen.add_argument("--steps", type=int, default=None,
+                     help=f"SiT {_range(sit['steps'])} (default {sit['steps'].default}); MaskGIT "
+                          f"{_range(mg['steps'])} (default: the model's own)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help=f"guidance scale, {_range(sit['cfg_scale'])} (default: the model's own)")
+    gen.add_argument("--sampler", default=None, help=f"SiT: {', '.join(sit['method'].choices)}")
+    gen.add_argument("--guidance-low", type=float, default=None,
+                     help=f"SiT: {sit['guidance_low'].help} (default {sit['guidance_low'].default})")
+    gen.add_argument("--guidance-high", type=float, default=None,
+                     help=f"SiT (default {sit['guidance_high'].default})")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="out")
     gen.add_argument("--device", default=None)
@@ -109,18 +121,14 @@ def cmd_generate(args) -> None:
     warning = pair_warning(tok, gen)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    options = {}
-    if gen.family == "sit":
-        for key, value in (("steps", args.steps), ("cfg_scale", args.cfg), ("method", args.sampler),
-                           ("guidance_low", args.guidance_low), ("guidance_high", args.guidance_high)):
-            if value is not None:
-                options[key] = value
-    else:
-        if args.sampler is not None:
-            raise ValueError("--sampler applies to SiT generators only")
-        for key, value in (("steps", args.steps), ("guidance_scale", args.cfg)):
-            if value is not None:
-                options[key] = value
+    given = {"--steps": ("steps", args.steps), "--cfg": (settings.guidance_key(gen), args.cfg),
+             "--sampler": ("method", args.sampler), "--guidance-low": ("guidance_low", args.guidance_low),
+             "--guidance-high": ("guidance_high", args.guidance_high)}
+    table = settings.family_settings(gen.family)
+    for flag, (key, value) in given.items():
+        if value is not None and key not in table:
+            raise ValueError(f"{flag} applies to SiT generators only")
+    options = settings.check(gen.family, {k: v for k, v in given.values() if v is not None})
     bar = None  # opened on the first step, so that a bad option ends in one clean error line
 
     def progress(done: int, total: int) -> None:

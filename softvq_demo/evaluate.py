@@ -31,22 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import metrics
+from .analysis.codec import reconstruct_images
 from .data import textscenes as ts
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _autocast(device: torch.device):
-    try:
-        from .device import autocast
-        return autocast(device)
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
+from .sampling import settings
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -56,21 +43,6 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic",
                                           antialias=images.shape[-1] > size, align_corners=False)
     return out.clamp(-1, 1)
-
-
-@torch.no_grad()
-def reconstruct(tok, images: torch.Tensor, batch_size: int = 32, progress: bool = True,
-                desc: str = "reconstruct") -> torch.Tensor:
-    """Encode/decode B×3×S×S images (S = tok.image_size) in batches; returns float32 CPU."""
-    device = _device_of(tok)
-    outs = []
-    starts = range(0, images.shape[0], batch_size)
-    for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        x = images[i:i + batch_size].to(device)
-        with _autocast(device):
-            y = tok.decode(tok.encode(x).latents)
-        outs.append(y.float().clamp(-1, 1).cpu())
-    return torch.cat(outs)
 
 
 def _ocr():
@@ -89,7 +61,8 @@ def evaluate_set(tok, images: torch.Tensor, words: Optional[Sequence[str]] = Non
                  name: str = "set") -> dict:
     """Reconstruction metrics for B×3×S×S images already at the tokenizer's size."""
     t0 = time.perf_counter()
-    recon = reconstruct(tok, images, batch_size=batch_size, progress=progress, desc=f"{name}: reconstruct")
+    recon = reconstruct_images(tok, images, batch_size=batch_size, progress=progress,
+                               desc=f"{name}: reconstruct")
     t_rec = time.perf_counter() - t0
     psnr = metrics.psnr(recon, images, reduction="none")
     ssim = metrics.ssim(recon, images, reduction="none")
@@ -151,27 +124,14 @@ def _model_info(model) -> dict:
 
 def _guidance_options(gen, cfg: Optional[float], guided: bool) -> dict:
     """Sampler options for a run with (``guided``) or without classifier-free guidance."""
-    if gen.family == "sit":
-        if not guided:
-            return dict(cfg_scale=1.0)
-        return {} if cfg is None else dict(cfg_scale=float(cfg))
-    if gen.family == "maskgit":
-        if not guided:
-            decay = getattr(gen, "guidance_decay", "linear")
-            return dict(guidance_scale=1.0 if decay == "power-cosine" else 0.0)
-        return {} if cfg is None else dict(guidance_scale=float(cfg))
-    raise ValueError(f"no guidance settings for generator family {gen.family!r}")
+    if not guided:
+        return settings.unguided(gen)
+    return {} if cfg is None else {settings.guidance_key(gen): float(cfg)}
 
 
 def _effective_cfg(gen, options: dict) -> Optional[float]:
-    if "cfg_scale" in options:
-        return options["cfg_scale"]
-    if "guidance_scale" in options:
-        return options["guidance_scale"]
-    if gen.family == "sit":
-        from .sampling import sit_defaults
-        return sit_defaults(gen)["cfg_scale"]
-    return getattr(gen, "guidance_scale", None)
+    key = settings.guidance_key(gen)
+    return options.get(key, settings.defaults(gen)[key])
 
 
 def class_words_for(gen) -> Optional[list[str]]:

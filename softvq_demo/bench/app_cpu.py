@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from ..sampling.settings import SIT_DEFAULTS
+
 TARGETS = {"reconstruct": 0.3, "ablation": 3.0, "umap": 30.0, "generate": 3.0}
 
 
@@ -43,6 +45,11 @@ def bench_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
                                                align_corners=False)
 
 
+def _sit_text(opts: dict) -> str:
+    return (f"{opts['method']}, CFG {opts['cfg_scale']:g} on [{opts['guidance_low']:g}, "
+            f"{opts['guidance_high']:g}]")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default=None, help="default: textscenes-softvq-32")
@@ -57,6 +64,7 @@ def main(argv=None) -> int:
 
     from .. import generate, load_generator, load_tokenizer
     from ..analysis import ablation as A
+    from ..analysis.codec import decode, encode
     from ..analysis import latent_map as L
 
     tok_src = args.tokenizer or "textscenes-softvq-32"
@@ -65,11 +73,11 @@ def main(argv=None) -> int:
     rows = []
     x = bench_images(1, tok.image_size)
 
-    rec = timed(lambda: A.decode(tok, A.encode(tok, x).latents))
+    rec = timed(lambda: decode(tok, encode(tok, x).latents))
     rows.append(("reconstruction (1 image)", rec, TARGETS["reconstruct"],
                  f"{tok.image_size}px, {tok.num_tokens} tokens"))
 
-    lat = A.encode(tok, x).latents[0]
+    lat = encode(tok, x).latents[0]
     abl = timed(lambda: A.ablate_tokens(tok, lat, "zero"), repeat=3)
     rows.append((f"per-token ablation ({tok.num_tokens} decodes)", abl, TARGETS["ablation"],
                  "one batched pass"))
@@ -92,11 +100,10 @@ def main(argv=None) -> int:
 
     try:
         gen = load_generator(gen_src, device="cpu")
-        opts = dict(steps=args.steps, method="euler", cfg_scale=1.75, guidance_low=0.0,
-                    guidance_high=0.7) if gen.family == "sit" else dict(steps=args.steps)
+        opts = dict(SIT_DEFAULTS, steps=args.steps) if gen.family == "sit" else dict(steps=args.steps)
         gen_s = timed(lambda: generate(gen, tok, [0], seed=0, **opts), repeat=3)
         rows.append((f"generation, {args.steps} steps (1 image)", gen_s, TARGETS["generate"],
-                     f"{gen.family}, {'euler, CFG 1.75 on [0, 0.7]' if gen.family == 'sit' else ''}"))
+                     f"{gen.family}, {_sit_text(opts) if gen.family == 'sit' else ''}"))
     except Exception as err:  # a tokenizer without a matching generator still gets its numbers
         rows.append(("generation", float("nan"), TARGETS["generate"], f"skipped: {err}"))
 

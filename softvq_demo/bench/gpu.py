@@ -33,7 +33,6 @@ recipe's duplicated work counts as executed work; images/s counts useful output 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import math
@@ -49,81 +48,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..released import TITOK, softvq_config, titok_config
 from ..sampling import fast as fastmod
 from ..sampling.flow import sample_flow, time_grid
+from ..sampling.settings import SIT_DEFAULTS, SIT_PAPER
 
 # --------------------------------------------------------------------------- configurations
-SOFTVQ_L64 = {
-    "image_size": 256, "codebook_size": 8192, "codebook_embed_dim": 32, "codebook_l2_norm": True,
-    "codebook_show_usage": True, "tau": 0.07, "num_codebooks": 4, "enc_type": "vit",
-    "dec_type": "vit", "encoder_model": "vit_large_patch14_dinov2.lvd142m",
-    "decoder_model": "vit_large_patch14_dinov2.lvd142m", "num_latent_tokens": 64,
-    "to_pixel": "linear", "enc_patch_size": 16, "dec_patch_size": 16, "enc_drop_path_rate": 0.0,
-    "dec_drop_path_rate": 0.0, "dec_cls_token": True, "use_rope": False, "vq_mean": 0.0, "vq_std": 1.0,
-}
-_VIT_B = "vit_base_patch14_dinov2.lvd142m"
-
-
-def softvq_config(size: str, tiny: bool = False) -> dict:
-    cfg = dict(SOFTVQ_L64)
-    if size in ("B", "BL"):
-        cfg["encoder_model"] = _VIT_B
-    if size == "B":
-        cfg["decoder_model"] = _VIT_B
-    if tiny:
-        small = {"embed_dim": 64, "depth": 2, "num_heads": 4}
-        cfg.update(image_size=64, enc_model_kwargs=small, dec_model_kwargs=small, codebook_size=64,
-                   num_latent_tokens=16, codebook_embed_dim=4, num_codebooks=2)
-    return cfg
-
-
-def _titok(size: str, tokens: int, gen: dict) -> dict:
-    return {"model": {"vq_model": {"codebook_size": 4096, "token_size": 12, "use_l2_norm": True,
-                                   "vit_enc_model_size": size, "vit_dec_model_size": size,
-                                   "vit_enc_patch_size": 16, "vit_dec_patch_size": 16,
-                                   "num_latent_tokens": tokens, "finetune_decoder": True},
-                      "generator": gen},
-            "dataset": {"preprocessing": {"crop_size": 256}}}
-
-
-_BERT = {"model_type": "ViT", "hidden_size": 768, "num_hidden_layers": 24, "num_attention_heads": 16,
-         "intermediate_size": 3072, "dropout": 0.1, "attn_drop": 0.1, "num_steps": 8,
-         "class_label_dropout": 0.1, "condition_num_classes": 1000}
-TITOK = {
-    "TiTok-L-32": _titok("large", 32, dict(_BERT, image_seq_len=32, randomize_temperature=9.5,
-                                           guidance_scale=4.5, guidance_decay="linear")),
-    "TiTok-B-64": _titok("base", 64, dict(_BERT, image_seq_len=64, randomize_temperature=11.0,
-                                          guidance_scale=3.0, guidance_decay="linear")),
-    "TiTok-S-128": _titok("small", 128, dict(_BERT, model_type="UViT", hidden_size=1024,
-                                             num_hidden_layers=20, intermediate_size=4096,
-                                             num_steps=64, image_seq_len=128,
-                                             randomize_temperature=2.8, guidance_scale=6.9,
-                                             guidance_decay="power-cosine")),
-}
-
-
-def titok_config(name: str, tiny: bool = False) -> dict:
-    cfg = copy.deepcopy(TITOK[name])
-    if tiny:
-        vq = cfg["model"]["vq_model"]
-        arch = {"width": 64, "layers": 2, "heads": 4}
-        vq.update(vit_enc_arch=arch, vit_dec_arch=arch, finetune_decoder=False, is_legacy=False,
-                  codebook_size=64, num_latent_tokens=vq["num_latent_tokens"] // 4)
-        cfg["dataset"]["preprocessing"]["crop_size"] = 64
-        cfg["model"]["generator"].update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=128,
-                                         image_seq_len=vq["num_latent_tokens"],
-                                         num_steps=min(cfg["model"]["generator"]["num_steps"], 8))
-    return cfg
-
-
 # SiT cases: (name, image px, tokens, token dim, 1D/2D)
 SIT_NETS = [("SoftVQ 32 tok", 256, 32, 64, "1D"), ("SoftVQ 64 tok", 256, 64, 32, "1D"),
             ("SD-VAE 32x32x4 /2", 256, 256, 16, "2D"), ("SD-VAE 64x64x4 /2", 512, 1024, 16, "2D")]
 SIT_TINY = [("tiny 8 tok", 256, 8, 8, "1D"), ("tiny 16 tok", 256, 16, 4, "1D"),
             ("tiny 32 tok /2", 256, 32, 2, "2D"), ("tiny 64 tok /2", 512, 64, 2, "2D")]
-SETTINGS = {"50 euler": dict(steps=50, method="euler", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7),
-            "250 sde": dict(steps=250, method="sde", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7)}
+SETTINGS = {"50 euler": dict(SIT_DEFAULTS), "250 sde": dict(SIT_PAPER)}  # interactive / the paper's
 SETTINGS_TINY = {"10 euler": dict(SETTINGS["50 euler"], steps=10),
                  "25 sde": dict(SETTINGS["250 sde"], steps=25)}
 CONFIGS = ("naive", "official", "fast")

@@ -14,20 +14,15 @@ import torch
 
 from ..device import autocast, module_device
 from ..models.base import Generator, Tokenizer
-from .flow import METHODS, PATHS, network_evaluations, sample_flow
+from .flow import PATHS, network_evaluations, sample_flow
+from .settings import METHODS, SIT_DEFAULTS, defaults
 
 Labels = Union[torch.Tensor, Sequence[int], int]
 Seed = Union[int, torch.Generator, None]
 
-# SiT defaults: a quick interactive setting; the paper's numbers use sde/250/cfg 1.75/high 0.7.
-SIT_DEFAULTS = dict(steps=50, method="euler", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7)
-
-
-def sit_defaults(generator: Generator) -> dict:
-    """SIT_DEFAULTS with a SiT's own defaults from config.json's optional "sampling" dict
-    (e.g. a small embedded model tuned to a higher CFG scale); unknown keys are ignored."""
-    extra = (getattr(generator, "config", None) or {}).get("sampling") or {}
-    return {**SIT_DEFAULTS, **{k: v for k, v in extra.items() if k in SIT_DEFAULTS}}
+# The sampler settings of each family (defaults, ranges, choices) are data in .settings;
+# ``sit_defaults`` is that module's ``defaults`` under its older name.
+sit_defaults = defaults
 
 
 def check_pair(tokenizer: Tokenizer, generator: Generator) -> None:
@@ -163,8 +158,7 @@ def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed
     images = images.float().clamp(-1, 1)
     _sync(tok_device)
     end = time.perf_counter()
-    steps = options.get("steps", sit_defaults(generator)["steps"] if generator.family == "sit"
-                        else generator.config.get("model", {}).get("generator", {}).get("num_steps", 8))
+    steps = options.get("steps") or defaults(generator)["steps"]
     n = int(y.shape[0])
     timings = dict(generator_s=mid - start, decode_s=end - mid, total_s=end - start,
                    images_per_s=n / max(end - start, 1e-9), ms_per_step=1000 * (mid - start) / max(steps, 1),

@@ -58,6 +58,7 @@ from torch import nn
 
 from ..device import module_device
 from .flow import path_coefficients, sample_flow, time_grid, validate_options
+from .settings import resolve
 
 BF16 = torch.bfloat16
 GELU_EPILOGUE = True                # SiT fc1: cuBLASLt bias+GELU epilogue on CUDA (tanh GELU there)
@@ -1086,17 +1087,12 @@ def sample_maskgit_fast(gen: nn.Module, labels, *, steps: Optional[int] = None,
                         guidance_scale_pow: float = 3.0, softmax_temperature_annealing: bool = True,
                         compile: Optional[bool] = None, graphs: Optional[bool] = None) -> torch.Tensor:
     """``sampling.maskgit.sample_maskgit`` on the fast path: same options, same random draws."""
-    from .maskgit import GUIDANCE_DECAYS, _cfg_scale_power_cosine
+    from .maskgit import _cfg_scale_power_cosine
 
-    steps = int(gen.num_steps if steps is None else steps)
-    scale = float(gen.guidance_scale if guidance_scale is None else guidance_scale)
-    decay = gen.guidance_decay if guidance_decay is None else guidance_decay
-    temperature = float(gen.randomize_temperature if randomize_temperature is None
-                        else randomize_temperature)
-    if decay not in GUIDANCE_DECAYS:
-        raise ValueError(f"guidance_decay {decay!r}: expected one of {GUIDANCE_DECAYS}")
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
+    opts = resolve(gen, dict(steps=steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                             randomize_temperature=randomize_temperature))
+    steps, scale = opts["steps"], opts["guidance_scale"]
+    decay, temperature = opts["guidance_decay"], opts["randomize_temperature"]
     rng = seed if seed is None or isinstance(seed, torch.Generator) \
         else torch.Generator().manual_seed(int(seed))
     device = module_device(gen)

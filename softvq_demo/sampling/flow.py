@@ -14,7 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-METHODS = ("euler", "heun", "sde")
+from .settings import check
+
 PATHS = ("linear", "cosine")
 
 
@@ -45,18 +46,11 @@ def time_grid(steps: int, method: str) -> list[float]:
 
 def validate_options(steps: int, method: str, cfg_scale: float, guidance_low: float,
                      guidance_high: float, path: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown sampler {method!r}: use one of {', '.join(METHODS)}")
+    """The SiT sampler's options against :mod:`.settings` (one range per option), and the path."""
+    check("sit", dict(steps=steps, method=method, cfg_scale=cfg_scale, guidance_low=guidance_low,
+                      guidance_high=guidance_high))
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {', '.join(PATHS)}")
-    if not isinstance(steps, int) or not 1 <= steps <= 1000 or (method == "sde" and steps < 2):
-        raise ValueError(f"steps must be an integer in [1, 1000] ([2, 1000] for sde), got {steps!r}")
-    if not math.isfinite(cfg_scale) or not 0 <= cfg_scale <= 100:
-        raise ValueError(f"cfg scale must be a finite number in [0, 100], got {cfg_scale!r}")
-    if not (math.isfinite(guidance_low) and math.isfinite(guidance_high)
-            and 0 <= guidance_low <= guidance_high <= 1):
-        raise ValueError("guidance interval must satisfy 0 <= low <= high <= 1, "
-                         f"got [{guidance_low}, {guidance_high}]")
 
 
 @torch.no_grad()

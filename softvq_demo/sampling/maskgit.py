@@ -30,10 +30,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..device import autocast, module_device
+from ..models.maskgit import GUIDANCE_DECAYS
+from .settings import resolve
 
 Labels = Union[torch.Tensor, Sequence[int], int]
 Seed = Union[int, torch.Generator, None]
-GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
 
 
 def _uniform(shape: torch.Size, rng: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
@@ -76,15 +77,10 @@ def sample_maskgit(gen, labels: Labels, *, steps: Optional[int] = None,
     settings). ``softmax_temperature_annealing`` is on by default because the official ImageNet
     sampling script (whose gFIDs the README reports) turns it on; the demo notebook leaves it off.
     Deterministic for a given seed (an int or a ``torch.Generator``)."""
-    steps = int(gen.num_steps if steps is None else steps)
-    scale = float(gen.guidance_scale if guidance_scale is None else guidance_scale)
-    decay = gen.guidance_decay if guidance_decay is None else guidance_decay
-    temperature = float(gen.randomize_temperature if randomize_temperature is None
-                        else randomize_temperature)
-    if decay not in GUIDANCE_DECAYS:
-        raise ValueError(f"guidance_decay {decay!r}: expected one of {GUIDANCE_DECAYS}")
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
+    opts = resolve(gen, dict(steps=steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                             randomize_temperature=randomize_temperature))
+    steps, scale = opts["steps"], opts["guidance_scale"]
+    decay, temperature = opts["guidance_decay"], opts["randomize_temperature"]
     rng = seed if seed is None or isinstance(seed, torch.Generator) \
         else torch.Generator().manual_seed(int(seed))
 
