@@ -31,22 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import metrics
+from .analysis.codec import reconstruct_images
 from .data import textscenes as ts
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _autocast(device: torch.device):
-    try:
-        from .device import autocast
-        return autocast(device)
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -56,21 +42,6 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic",
                                           antialias=images.shape[-1] > size, align_corners=False)
     return out.clamp(-1, 1)
-
-
-@torch.no_grad()
-def reconstruct(tok, images: torch.Tensor, batch_size: int = 32, progress: bool = True,
-                desc: str = "reconstruct") -> torch.Tensor:
-    """Encode/decode B×3×S×S images (S = tok.image_size) in batches; returns float32 CPU."""
-    device = _device_of(tok)
-    outs = []
-    starts = range(0, images.shape[0], batch_size)
-    for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        x = images[i:i + batch_size].to(device)
-        with _autocast(device):
-            y = tok.decode(tok.encode(x).latents)
-        outs.append(y.float().clamp(-1, 1).cpu())
-    return torch.cat(outs)
 
 
 def _ocr():
@@ -89,7 +60,8 @@ def evaluate_set(tok, images: torch.Tensor, words: Optional[Sequence[str]] = Non
                  name: str = "set") -> dict:
     """Reconstruction metrics for B×3×S×S images already at the tokenizer's size."""
     t0 = time.perf_counter()
-    recon = reconstruct(tok, images, batch_size=batch_size, progress=progress, desc=f"{name}: reconstruct")
+    recon = reconstruct_images(tok, images, batch_size=batch_size, progress=progress,
+                               desc=f"{name}: reconstruct")
     t_rec = time.perf_counter() - t0
     psnr = metrics.psnr(recon, images, reduction="none")
     ssim = metrics.ssim(recon, images, reduction="none")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from softvq_demo.analysis import ablation as A
+from softvq_demo.analysis import codec, pictures
 from softvq_demo.analysis import codebook as C
 from softvq_demo.analysis import latent_map as L
 from softvq_demo.analysis import text_tokens as T
@@ -73,7 +74,7 @@ def test_ablated_latents_change_only_that_token():
 
 def test_ablation_of_block_tokenizer_touches_only_its_block(toy):
     x = images(1, 16)
-    lat = A.encode(toy, x).latents[0]
+    lat = codec.encode(toy, x).latents[0]
     res = A.ablate_tokens(toy, lat, "zero")
     assert res.maps.shape == (16, 16, 16) and res.effect.shape == (16,)
     for i in range(16):
@@ -88,18 +89,18 @@ def test_ablation_of_block_tokenizer_touches_only_its_block(toy):
 
 def test_batched_ablation_matches_one_by_one(tiny):
     x = images(1, 64)
-    lat = A.encode(tiny, x).latents[0]
+    lat = codec.encode(tiny, x).latents[0]
     res = A.ablate_tokens(tiny, lat, "noise", seed=3, batch_size=5)
     for i in (0, 7, 15):
-        one = A.decode(tiny, A.replace_tokens(lat, res.replacement, [i]))[0]
+        one = codec.decode(tiny, A.replace_tokens(lat, res.replacement, [i]))[0]
         assert torch.allclose(one, res.ablated[i], atol=1e-4)
-    assert torch.allclose(res.base, A.decode(tiny, lat)[0], atol=1e-4)
+    assert torch.allclose(res.base, codec.decode(tiny, lat)[0], atol=1e-4)
     assert res.ranking()[0] == int(res.effect.argmax())
 
 
 def test_replacements(tiny):
     x = images(3, 64)
-    enc = A.encode(tiny, x)
+    enc = codec.encode(tiny, x)
     lat = enc.latents[0]
     mean = A.mean_latents(tiny, x)
     assert torch.allclose(mean, enc.latents.mean(0))
@@ -119,12 +120,12 @@ def test_replacements(tiny):
 
 def test_swap_all_tokens_reproduces_b(tiny):
     x = images(2, 64, seed=1)
-    enc = A.encode(tiny, x)
+    enc = codec.encode(tiny, x)
     la, lb = enc.latents
     swapped = A.swap_tokens(la, lb, list(range(tiny.num_tokens)))
     assert torch.equal(swapped, lb)
-    rec_b = A.decode(tiny, lb)[0]
-    assert torch.allclose(A.decode(tiny, swapped)[0], rec_b)
+    rec_b = codec.decode(tiny, lb)[0]
+    assert torch.allclose(codec.decode(tiny, swapped)[0], rec_b)
     none = A.swap_tokens(la, lb, [])
     assert torch.equal(none, la)
     part = A.swap_tokens(la, lb, [2, 5])
@@ -135,10 +136,10 @@ def test_swap_all_tokens_reproduces_b(tiny):
 
 def test_subsets_and_sweep(toy):
     x = images(1, 16, seed=2)
-    lat = A.encode(toy, x).latents[0]
+    lat = codec.encode(toy, x).latents[0]
     repl = torch.zeros_like(lat)
     full = A.reconstruct_subset(toy, lat, repl, list(range(16)))
-    assert torch.allclose(full, A.decode(toy, lat)[0])
+    assert torch.allclose(full, codec.decode(toy, lat)[0])
     empty = A.reconstruct_subset(toy, lat, repl, [])
     assert float(empty.abs().max()) == 0
     res = A.ablate_tokens(toy, lat, "zero")
@@ -157,7 +158,7 @@ def test_subsets_and_sweep(toy):
 
 def test_interpolation_endpoints(tiny):
     x = images(2, 64, seed=4)
-    la, lb = A.encode(tiny, x).latents
+    la, lb = codec.encode(tiny, x).latents
     for method in ("linear", "slerp"):
         lat, ts = A.interpolate_latents(la, lb, 5, method)
         assert lat.shape == (5,) + tuple(la.shape) and ts[0] == 0 and ts[-1] == 1
@@ -168,14 +169,14 @@ def test_interpolation_endpoints(tiny):
 
 def test_pictures_and_figures(tiny):
     x = images(1, 64)
-    rec, enc, times = A.reconstruct(tiny, x)
+    rec, enc, times = codec.reconstruct(tiny, x)
     assert rec.shape == x.shape and times["total_s"] > 0
-    ratio, how = A.compression_ratio(tiny)
+    ratio, how = codec.compression_ratio(tiny)
     assert ratio == pytest.approx(64 * 64 * 3 * 8 / (16 * 8 * 16)) and "bits" in how
-    heat = A.colorize(torch.rand(5, 7))
+    heat = pictures.colorize(torch.rand(5, 7))
     assert heat.shape == (5, 7, 3) and heat.dtype == np.uint8
     res = A.ablate_tokens(tiny, enc.latents[0])
-    grid = A.map_grid(res.maps)
+    grid = pictures.map_grid(res.maps)
     assert grid.shape == (4 * 66 + 2, 4 * 66 + 2, 3)
     fig = A.effect_bar_figure(res.effect, selected=3)
     assert len(fig.data[0].y) == 16
@@ -196,7 +197,7 @@ def test_entropy_and_effective_codewords():
 
 def test_codebook_on_softvq_fixture(tiny):
     x = images(4, 64)
-    enc = A.encode(tiny, x)
+    enc = codec.encode(tiny, x)
     assert C.group_of_tokens(16, 2) == [0] * 8 + [1] * 8
     stats = C.token_stats(enc.probs[0])
     assert torch.equal(stats.top_index, enc.indices[0])
@@ -286,8 +287,8 @@ def block_ocr(text_blocks):
 def test_text_token_ranking_finds_the_tokens_that_break_ocr(toy):
     # "text" lives in blocks 5 and 6 (row 1, columns 1-2): pixels 4..12 × 4..8
     x = images(1, 16, seed=5)
-    lat = A.encode(toy, x).latents[0]
-    rec = A.to_uint8(A.decode(toy, lat)[0])
+    lat = codec.encode(toy, x).latents[0]
+    rec = pictures.to_uint8(codec.decode(toy, lat)[0])
     read = block_ocr([5, 6])(rec)
     mask = T.boxes_to_mask([(4, 4, 12, 8)], 16, 16)
     from softvq_demo.analysis.ocr import tned
@@ -301,7 +302,7 @@ def test_text_token_ranking_finds_the_tokens_that_break_ocr(toy):
     rows = res.rows()
     assert {rows[0]["token"], rows[1]["token"]} == {5, 6} and "T-NED drop" in rows[0]
     keep, drop = T.keep_and_drop(toy, lat, res.ablation.replacement, res.text_tokens())
-    assert read(A.to_uint8(keep)) == "AB" and read(A.to_uint8(drop)) == "??"
+    assert read(pictures.to_uint8(keep)) == "AB" and read(pictures.to_uint8(drop)) == "??"
     T.text_effect_figure(res)
     # without OCR the pixel ranking alone finds them too
     res2 = T.analyze_text_tokens(toy, lat, mask)

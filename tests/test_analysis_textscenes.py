@@ -27,6 +27,7 @@ def test_text_token_ranking_breaks_ocr_on_textscenes(name, ocr):
         pytest.skip(f"checkpoints/{name} not present")
     from softvq_demo import load_tokenizer
     from softvq_demo.analysis import ablation as A
+    from softvq_demo.analysis import codec, pictures
     from softvq_demo.analysis import text_tokens as T
     from softvq_demo.data.textscenes import TextScenes
 
@@ -36,9 +37,9 @@ def test_text_token_ranking_breaks_ocr_on_textscenes(name, ocr):
     checked = 0
     for i in range(8):
         item = ds[i]
-        lat = A.encode(tok, item["image"][None]).latents[0]
-        base = A.decode(tok, lat)[0]
-        if ocr.tned(ocr.read_string(A.to_uint8(base)), item["text"]) < 1.0:
+        lat = codec.encode(tok, item["image"][None]).latents[0]
+        base = codec.decode(tok, lat)[0]
+        if ocr.tned(ocr.read_string(pictures.to_uint8(base)), item["text"]) < 1.0:
             continue  # the reconstruction itself is not read correctly: nothing to break
         res = T.analyze_text_tokens(tok, lat, item["mask"], mode="mean", mean=mean,
                                     read_text=ocr.read_string, similarity=ocr.tned,
@@ -51,8 +52,8 @@ def test_text_token_ranking_breaks_ocr_on_textscenes(name, ocr):
         k = max(2, len(res.text_tokens()))
         _, drop_top = T.keep_and_drop(tok, lat, res.ablation.replacement, ranked[:k])
         _, drop_low = T.keep_and_drop(tok, lat, res.ablation.replacement, ranked[-k:])
-        hurt_top = 1 - ocr.tned(ocr.read_string(A.to_uint8(drop_top)), item["text"])
-        hurt_low = 1 - ocr.tned(ocr.read_string(A.to_uint8(drop_low)), item["text"])
+        hurt_top = 1 - ocr.tned(ocr.read_string(pictures.to_uint8(drop_top)), item["text"])
+        hurt_low = 1 - ocr.tned(ocr.read_string(pictures.to_uint8(drop_low)), item["text"])
         assert hurt_top >= hurt_low and hurt_top > 0
         # and those tokens act on the text more than elsewhere
         assert float(res.concentration[ranked[:k]].mean()) > float(res.concentration[ranked[-k:]].mean())

@@ -2,7 +2,8 @@
 
 Every function takes a :class:`~softvq_demo.models.base.Tokenizer` (or its latents) and returns
 tensors, numbers or plotly figures, so it works the same from a notebook, a script or the app.
-Images are B×3×H×W in [-1, 1]; latents are N×D for one image (or B×N×D for a batch).
+Images are B×3×H×W in [-1, 1]; latents are N×D for one image (or B×N×D for a batch). Encoding and
+decoding in batches is :mod:`.codec`'s; turning maps into pictures is :mod:`.pictures`'.
 
 The central operation is :func:`ablate_tokens`: decode the image N times, each time with one token
 replaced (by zero, the dataset mean, noise or another image's token), in batched decoder passes,
@@ -10,15 +11,15 @@ and measure how much each token changes the reconstruction.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
+import plotly.graph_objects as go
 import torch
 
-from ..device import autocast, module_device
+from ..device import module_device
+from .codec import decode, encode, sync
 
 REPLACEMENTS = ("zero", "mean", "noise", "other")
 REPLACEMENT_LABELS = {
@@ -29,111 +30,6 @@ REPLACEMENT_LABELS = {
 }
 
 ProgressFn = Optional[Callable[[float, str], None]]
-
-
-# --------------------------------------------------------------------------- encode / decode
-def _device(tok: torch.nn.Module) -> torch.device:
-    return module_device(tok)
-
-
-def _as_batch(images: torch.Tensor) -> torch.Tensor:
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images B×3×H×W (or 3×H×W), got {tuple(images.shape)}")
-    return images
-
-
-@torch.no_grad()
-def encode(tok, images: torch.Tensor, batch_size: int = 64):
-    """Encode B×3×H×W images in [-1, 1]; returns an ``Encoded`` with float32 CPU tensors."""
-    from ..models.base import Encoded
-
-    images = _as_batch(images)
-    dev = _device(tok)
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        chunk = images[start:start + batch_size].to(dev, dtype=torch.float32)
-        with autocast(dev):
-            enc = tok.encode(chunk)
-        parts.append(enc)
-    if len(parts) == 1:
-        enc = parts[0]
-        return Encoded(latents=enc.latents.float().cpu(),
-                       probs=None if enc.probs is None else enc.probs.float().cpu(),
-                       indices=None if enc.indices is None else enc.indices.cpu(),
-                       extras={k: v.cpu() for k, v in (enc.extras or {}).items()
-                               if isinstance(v, torch.Tensor)})
-
-    def cat(name):
-        vals = [getattr(p, name) for p in parts]
-        if any(v is None for v in vals):
-            return None
-        out = torch.cat([v.cpu() for v in vals])
-        return out if name == "indices" else out.float()
-
-    return Encoded(latents=cat("latents"), probs=cat("probs"), indices=cat("indices"))
-
-
-@torch.no_grad()
-def decode(tok, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Decode B×N×D latents (N×D for one image) in chunks; returns float32 CPU images in [-1, 1]."""
-    if latents.dim() == 2:
-        latents = latents.unsqueeze(0)
-    dev = _device(tok)
-    dtype = _param_dtype(tok)
-    out = []
-    for start in range(0, latents.shape[0], batch_size):
-        chunk = latents[start:start + batch_size].to(dev)
-        if chunk.is_floating_point():
-            chunk = chunk.to(dtype if dtype.is_floating_point else torch.float32)
-        with autocast(dev):
-            img = tok.decode(chunk)
-        out.append(img.float().cpu())
-    return torch.cat(out).clamp(-1, 1)
-
-
-def _param_dtype(tok) -> torch.dtype:
-    for p in tok.parameters():
-        return p.dtype
-    return torch.float32
-
-
-def reconstruct(tok, images: torch.Tensor) -> tuple[torch.Tensor, object, dict[str, float]]:
-    """Encode + decode with timings. Returns (reconstruction B×3×H×W, Encoded, timings in s)."""
-    dev = _device(tok)
-    _sync(dev)
-    t0 = time.perf_counter()
-    enc = encode(tok, images)
-    _sync(dev)
-    t1 = time.perf_counter()
-    rec = decode(tok, enc.latents)
-    _sync(dev)
-    t2 = time.perf_counter()
-    return rec, enc, {"encode_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0}
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def compression_ratio(tok, image_size: Optional[int] = None) -> tuple[float, str]:
-    """Raw RGB bits / token bits; returns (ratio, explanation).
-
-    Discrete tokens cost ``log2(codebook_size)`` bits each; continuous tokens are counted at 16 bits
-    per dimension (bf16), the usual convention for continuous latents.
-    """
-    size = image_size or tok.image_size
-    raw_bits = size * size * 3 * 8
-    n = tok.num_tokens
-    if getattr(tok, "is_discrete", False) and tok.codebook_size:
-        bits = n * math.log2(tok.codebook_size)
-        how = f"{n} tokens × log2({tok.codebook_size}) = {bits:.0f} bits"
-    else:
-        bits = n * tok.token_dim * 16
-        how = f"{n} tokens × {tok.token_dim} dims × 16 bits = {bits:.0f} bits"
-    return raw_bits / bits, f"{size}×{size}×3×8 = {raw_bits} bits / ({how})"
 
 
 # --------------------------------------------------------------------------- replacements
@@ -265,14 +161,14 @@ def ablate_tokens(tok, latents: torch.Tensor, mode: str = "zero", *,
         latents = latents[0]
     latents = latents.float().cpu()
     repl = replacement_tokens(latents, mode, mean=mean, other=other, seed=seed)
-    dev = _device(tok)
-    _sync(dev)
+    dev = module_device(tok)
+    sync(dev)
     t0 = time.perf_counter()
     batch = ablated_latents(latents, repl)
     if base is None:
         batch = torch.cat([latents.unsqueeze(0), batch])
     images = decode(tok, batch, batch_size=batch_size)
-    _sync(dev)
+    sync(dev)
     seconds = time.perf_counter() - t0
     if base is None:
         base, images = images[0], images[1:]
@@ -361,68 +257,10 @@ def interpolate_latents(latents_a: torch.Tensor, latents_b: torch.Tensor, steps:
     return torch.stack(out), ts
 
 
-# --------------------------------------------------------------------------- pictures
-# A perceptual colormap (inferno), 9 anchors interpolated linearly: no matplotlib needed.
-_INFERNO = np.array([
-    [0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
-    [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]], dtype=np.float32)
-
-
-def colorize(values: Union[np.ndarray, torch.Tensor], vmax: Optional[float] = None) -> np.ndarray:
-    """H×W values → H×W×3 uint8 inferno image; 0 is black, ``vmax`` (default: the max) is yellow."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    v = v.astype(np.float32)
-    top = float(vmax) if vmax is not None else float(v.max()) if v.size else 1.0
-    x = np.clip(v / max(top, 1e-8), 0, 1) * (len(_INFERNO) - 1)
-    lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, len(_INFERNO) - 1)
-    frac = (x - lo)[..., None]
-    rgb = _INFERNO[lo] * (1 - frac) + _INFERNO[hi] * frac
-    return rgb.round().astype(np.uint8)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """3×H×W in [-1, 1] → H×W×3 uint8."""
-    if image.dim() == 4:
-        image = image[0]
-    arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return arr.permute(1, 2, 0).numpy()
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a colorized heat map over an H×W×3 uint8 image."""
-    return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).round().astype(np.uint8)
-
-
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour enlargement (keeps pixels crisp in the UI)."""
-    factor = max(1, int(factor))
-    return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
-
-
-def map_grid(maps: torch.Tensor, columns: Optional[int] = None, pad: int = 2,
-             vmax: Optional[float] = None, tile: Optional[int] = None) -> np.ndarray:
-    """Tile K×H×W difference maps (shared colour scale) into one uint8 image, row-major.
-    ``tile``: shrink each map to tile×tile first (max-pooling, so small hot spots stay visible)."""
-    if tile is not None and tile < maps.shape[-1]:
-        maps = torch.nn.functional.adaptive_max_pool2d(maps.unsqueeze(1).float(), tile)[:, 0]
-    k, h, w = maps.shape
-    columns = columns or int(math.ceil(math.sqrt(k)))
-    rows = int(math.ceil(k / columns))
-    top = float(maps.max()) if vmax is None else vmax
-    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
-    for i in range(k):
-        r, c = divmod(i, columns)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y:y + h, x:x + w] = colorize(maps[i], top)
-    return grid
-
-
+# --------------------------------------------------------------------------- figures
 def effect_bar_figure(effect: torch.Tensor, selected: Optional[int] = None,
                       title: str = "Effect of ablating each token", highlight: Sequence[int] = ()):
     """Plotly bar chart of per-token effects (mean |Δ| in pixel units)."""
-    import plotly.graph_objects as go
-
     vals = [float(v) for v in effect]
     n = len(vals)
     hl = set(int(i) for i in highlight)
@@ -440,8 +278,6 @@ def effect_bar_figure(effect: torch.Tensor, selected: Optional[int] = None,
 
 def sweep_figure(curves: dict[str, dict[str, list[float]]], title: str = "Keeping k tokens"):
     """Plotly line chart of error versus k for several orders (e.g. top-k, first-k)."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     for name, c in curves.items():
         fig.add_trace(go.Scatter(x=c["k"], y=c["mae"], mode="lines+markers", name=name,

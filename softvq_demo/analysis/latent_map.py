@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .ablation import encode
+from .codec import encode
 
 METHODS = ("pca", "umap")
 VIEWS = ("image", "token")

@@ -18,7 +18,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .ablation import (AblationResult, ablate_tokens, decode, keep_tokens, replace_tokens, to_uint8)
+from .ablation import AblationResult, ablate_tokens, keep_tokens, replace_tokens
+from .codec import decode, encode
+from .pictures import to_uint8
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the model-size image
 ReadText = Callable[[np.ndarray], str]
@@ -235,7 +237,6 @@ def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = "ze
                  mean: Optional[torch.Tensor] = None, progress: ProgressFn = None) -> TextProfile:
     """Ablate every token of every image (M×3×H×W with M×H×W boolean text masks); images whose
     mask is empty or full are skipped."""
-    from .ablation import encode
 
     if images.shape[0] != masks.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {masks.shape[0]} masks")

@@ -57,6 +57,7 @@ def main(argv=None) -> int:
 
     from .. import generate, load_generator, load_tokenizer
     from ..analysis import ablation as A
+    from ..analysis.codec import decode, encode
     from ..analysis import latent_map as L
 
     tok_src = args.tokenizer or "textscenes-softvq-32"
@@ -65,11 +66,11 @@ def main(argv=None) -> int:
     rows = []
     x = bench_images(1, tok.image_size)
 
-    rec = timed(lambda: A.decode(tok, A.encode(tok, x).latents))
+    rec = timed(lambda: decode(tok, encode(tok, x).latents))
     rows.append(("reconstruction (1 image)", rec, TARGETS["reconstruct"],
                  f"{tok.image_size}px, {tok.num_tokens} tokens"))
 
-    lat = A.encode(tok, x).latents[0]
+    lat = encode(tok, x).latents[0]
     abl = timed(lambda: A.ablate_tokens(tok, lat, "zero"), repeat=3)
     rows.append((f"per-token ablation ({tok.num_tokens} decodes)", abl, TARGETS["ablation"],
                  "one batched pass"))

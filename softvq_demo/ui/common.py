@@ -12,7 +12,6 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ..analysis.ablation import to_uint8, upscale
 from ..loading import CheckpointError
 from ..sampling.oom import is_out_of_memory, release_memory
 from .inputs import InputError, check_number
@@ -74,18 +73,7 @@ def event(fn: Callable, duration: int = 60) -> Callable:
     return gpu(handler(fn), duration=duration)
 
 
-# --------------------------------------------------------------------------- pictures
-def show(image: torch.Tensor, min_size: int = 256) -> np.ndarray:
-    """3×H×W in [-1, 1] → uint8 image enlarged (nearest) to at least ``min_size`` for display."""
-    arr = to_uint8(image)
-    return upscale_to(arr, min_size)
-
-
-def upscale_to(arr: np.ndarray, min_size: int = 256) -> np.ndarray:
-    f = max(1, int(math.ceil(min_size / max(1, arr.shape[0]))))
-    return upscale(arr, f)
-
-
+# --------------------------------------------------------------------------- numbers
 def fmt(v: Optional[float], digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"

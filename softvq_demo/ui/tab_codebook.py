@@ -5,7 +5,7 @@ import gradio as gr
 import torch
 
 from ..analysis import codebook as C
-from ..analysis.ablation import encode
+from ..analysis.codec import encode
 from . import datasets
 from .common import Ctx, event, image_input
 from .inputs import InputError, model_image, parse_choice, parse_int

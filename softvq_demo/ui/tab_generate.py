@@ -6,7 +6,8 @@ import functools
 import gradio as gr
 
 from ..sampling import SIT_DEFAULTS, pair_warning, sit_defaults
-from .common import Ctx, event, handler, show
+from ..analysis.pictures import show
+from .common import Ctx, event, handler
 from .inputs import InputError, parse_choice, parse_float, parse_int
 
 SIT_METHODS = ["euler", "heun", "sde"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import gradio as gr
 
 from ..analysis import latent_map as L
-from ..analysis.ablation import decode
+from ..analysis.codec import decode, encode
+from ..analysis.pictures import show
 from . import datasets
-from .common import Ctx, event, show
+from .common import Ctx, event
 from .inputs import InputError, parse_choice, parse_int
 
 # Browser side: clicking a point of the plotly map writes its image index into a hidden textbox
@@ -78,7 +79,6 @@ def show_point(ctx: Ctx, state: dict, index):
     s = datasets.get(state["source"], tok.image_size, state["count"], state["files"])
     lat = ctx.manager.cache.get((state["tok"], "latents", state["set_key"]))
     if lat is None:
-        from ..analysis.ablation import encode
         lat = encode(tok, s.images[i:i + 1]).latents
         i_lat = 0
     else:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..analysis.ablation import colorize, compression_ratio, diff_maps, reconstruct
-from .common import Ctx, event, image_input, psnr, show, ssim, upscale_to
+from ..analysis.ablation import diff_maps
+from ..analysis.codec import compression_ratio, reconstruct
+from ..analysis.pictures import colorize, show, to_uint8, upscale_to
+from .common import Ctx, event, image_input, psnr, ssim
 from .inputs import FIT_MODES, model_image
 
 
@@ -29,8 +31,6 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
                "encode (ms)": round(1000 * times["encode_s"], 1),
                "decode (ms)": round(1000 * times["decode_s"], 1)}
         if do_ocr and ctx.ocr.available:
-            from ..analysis.ablation import to_uint8
-
             if ref_text is None:
                 ref_text = ctx.ocr.read(to_uint8(x[0]))
             rec_text = ctx.ocr.read(to_uint8(rec[0]))

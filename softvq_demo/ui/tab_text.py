@@ -7,10 +7,11 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ..analysis import ablation as A
 from ..analysis import text_tokens as T
+from ..analysis.codec import encode
+from ..analysis.pictures import colorize, overlay, to_uint8, upscale_to
 from . import datasets
-from .common import Ctx, event, handler, image_input, upscale_to
+from .common import Ctx, event, handler, image_input
 from .inputs import InputError, model_image, parse_choice, parse_int
 from .tab_tokens import MODES, dataset_mean
 
@@ -18,7 +19,7 @@ DISPLAY = 384
 
 
 def _canvas(x: torch.Tensor, boxes, size: int) -> np.ndarray:
-    img = A.to_uint8(x[0])
+    img = to_uint8(x[0])
     if boxes:
         img = T.mask_overlay(img, T.boxes_to_mask(boxes, size, size))
     return upscale_to(img, DISPLAY)
@@ -37,7 +38,7 @@ def prepare_boxes(ctx: Ctx, image, tok_name: str, boxes_text: str):
 
 def detect(ctx: Ctx, image, tok_name: str):
     tok, x, desc, _ = prepare_boxes(ctx, image, tok_name, "")
-    boxes = ctx.ocr.boxes(A.to_uint8(x[0]))
+    boxes = ctx.ocr.boxes(to_uint8(x[0]))
     if not boxes:
         gr.Warning("the detector found no text: draw a box (two clicks) or type one")
     return T.format_boxes(boxes), _canvas(x, boxes, tok.image_size), \
@@ -95,12 +96,12 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     s = tok.image_size / size_a
     boxes = T.scale_boxes(boxes_a, s, s)
     mask = T.boxes_to_mask(boxes, tok.image_size, tok.image_size)
-    lat = A.encode(tok, x).latents[0]
+    lat = encode(tok, x).latents[0]
     mean, _ = dataset_mean(ctx, name, tok)
     if mean is None:  # no dataset on this install: the image's own mean token
         mean = lat.mean(0, keepdim=True).expand_as(lat).clone()
     ocr = ctx.ocr if (use_ocr and ctx.ocr.available) else None
-    ref = ocr.read(A.to_uint8(x[0])) if ocr else None
+    ref = ocr.read(to_uint8(x[0])) if ocr else None
     res = T.analyze_text_tokens(tok, lat, mask, mode=mode if mode != "other" else "zero", mean=mean,
                                 read_text=ocr.read if ocr else None,
                                 similarity=ocr.similarity if ocr else None, reference_text=ref,
@@ -116,7 +117,7 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     fig = T.text_effect_figure(res, title=f"{name}: effect inside vs outside the text")
     lines = [f"**{name}** text tokens{auto_note}: {', '.join(map(str, toks))}."]
     if ocr:
-        kt, dt = ocr.read(A.to_uint8(keep)), ocr.read(A.to_uint8(drop))
+        kt, dt = ocr.read(to_uint8(keep)), ocr.read(to_uint8(drop))
         lines.append(f"OCR original: {_q(ref)} · reconstruction: {_q(res.base_text)} (T-NED "
                      f"{res.base_similarity:.3f}) · keep only text tokens: {_q(kt)} (T-NED "
                      f"{ocr.similarity(kt, ref):.3f}) · drop only text tokens: {_q(dt)} (T-NED "
@@ -125,10 +126,10 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
         lines.append(f"_Ranking by pixels only: {ctx.ocr.error or 'OCR off'}._")
     # overlay: where the top text token acts
     top = res.ranking()[0]
-    heat = A.colorize(res.ablation.maps[top])
-    ov = T.mask_overlay(A.overlay(A.to_uint8(x[0]), heat), mask, color=(0, 255, 0), alpha=0.2)
-    return (upscale_to(ov, 256), table, fig, upscale_to(A.to_uint8(keep), 256),
-            upscale_to(A.to_uint8(drop), 256), "\n\n".join(lines))
+    heat = colorize(res.ablation.maps[top])
+    ov = T.mask_overlay(overlay(to_uint8(x[0]), heat), mask, color=(0, 255, 0), alpha=0.2)
+    return (upscale_to(ov, 256), table, fig, upscale_to(to_uint8(keep), 256),
+            upscale_to(to_uint8(drop), 256), "\n\n".join(lines))
 
 
 def _q(text: str) -> str:

@@ -7,8 +7,10 @@ import gradio as gr
 import torch
 
 from ..analysis import ablation as A
+from ..analysis.codec import decode, encode
+from ..analysis.pictures import colorize, map_grid, show, upscale_to
 from . import datasets
-from .common import Ctx, event, image_input, show, upscale_to
+from .common import Ctx, event, handler, image_input
 from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
 
 MODES = list(A.REPLACEMENTS)
@@ -39,7 +41,7 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     tok = ctx.tokenizer(tok_name)
     xa, desc, _ = model_image(image_a, tok.image_size)
     xb = model_image(image_b, tok.image_size)[0] if image_b else None
-    enc = A.encode(tok, xa if xb is None else torch.cat([xa, xb]))
+    enc = encode(tok, xa if xb is None else torch.cat([xa, xb]))
     la = enc.latents[0]
     lb = enc.latents[1] if xb is not None else None
     mean, mean_note = dataset_mean(ctx, tok_name, tok)
@@ -57,7 +59,7 @@ def ablation_view(st: dict, selected: int = 0):
     res: A.AblationResult = st["res"]
     n = res.num_tokens
     cols = int(math.ceil(math.sqrt(n)))
-    grid = A.map_grid(res.maps, columns=cols, pad=GRID_PAD, tile=grid_tile(res))
+    grid = map_grid(res.maps, columns=cols, pad=GRID_PAD, tile=grid_tile(res))
     order = res.ranking()
     top = ", ".join(f"{i} ({float(res.effect[i]):.3g})" for i in order[:5])
     md = (f"**{n} tokens ablated** ({A.REPLACEMENT_LABELS[res.mode]}) in one batched pass: "
@@ -72,7 +74,7 @@ def ablation_view(st: dict, selected: int = 0):
 def token_view(st: dict, i: int):
     res: A.AblationResult = st["res"]
     i = parse_int(i, "token", 0, res.num_tokens - 1)
-    heat = A.colorize(res.maps[i], float(res.maps.max()))
+    heat = colorize(res.maps[i], float(res.maps.max()))
     rank = res.ranking().index(i) + 1
     md = (f"Token **{i}**: mean |Δ| {float(res.effect[i]):.3g}, rank {rank} of {res.num_tokens}, "
           f"max |Δ| {float(res.maps[i].max()):.3f}.")
@@ -106,7 +108,7 @@ def swap_view(ctx: Ctx, st: dict, tokens_text):
     n = st["la"].shape[0]
     idx = parse_token_list(tokens_text, n)
     lat = A.swap_tokens(st["la"], st["lb"], idx)
-    imgs = A.decode(tok, torch.stack([st["la"], st["lb"], lat]))
+    imgs = decode(tok, torch.stack([st["la"], st["lb"], lat]))
     return show(imgs[0]), show(imgs[1]), show(imgs[2]), \
         f"Swapped {len(idx)} token(s) from B into A: {', '.join(map(str, idx))}."
 
@@ -118,7 +120,7 @@ def interp_view(ctx: Ctx, st: dict, steps, method):
     steps = parse_int(steps, "steps", 2, 16)
     method = parse_choice(method, "method", ["linear", "slerp"])
     lat, ts = A.interpolate_latents(st["la"], st["lb"], steps, method)
-    imgs = A.decode(tok, lat)
+    imgs = decode(tok, lat)
     return [(show(imgs[i], 192), f"t = {t:.2f}") for i, t in enumerate(ts)]
 
 
@@ -211,7 +213,7 @@ def build(ctx: Ctx):
             raise InputError("run the ablation first")
         return gr.update(value=grid_cell(state["res"], evt.index[0], evt.index[1]))
 
-    grid.select(handler_no_gpu(grid_click), [state], [token]).then(
+    grid.select(handler(grid_click), [state], [token]).then(
         event(do_token), common_in + [token], token_out)
 
     def do_subset(state, a, b, tok, mode, seed, order, k):
@@ -259,7 +261,3 @@ def grid_cell(res: A.AblationResult, x: float, y: float, display: int = 384, pad
     c, r = min(max(c, 0), cols - 1), min(max(r, 0), rows - 1)
     return min(r * cols + c, n - 1)
 
-
-def handler_no_gpu(fn):
-    from .common import handler
-    return handler(fn)
