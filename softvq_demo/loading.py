@@ -61,6 +61,10 @@ def resolve_source(source: PathLike, *, allow_local: bool = True, catalogue_only
             return entry.local_path
         text = entry.repo_id
     if _looks_like_repo_id(text):
+        from .convert import ensure_converted, find_release
+        release = find_release(text)
+        if release is not None:  # a pickle-only release: converted once, in a child process
+            return ensure_converted(release, cache_dir=cache_dir, progress=progress)
         return download_from_hub(text, progress=progress, cache_dir=cache_dir)
     if allow_local and (os.sep in text or "/" in text or text.startswith((".", "~"))):
         raise CheckpointError(f"{text!r}: no such folder, and not a model in the catalogue")
