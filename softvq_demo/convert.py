@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,12 +81,18 @@ def read_state_dict(path: PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConversionError(f"{path.name}: refused: it holds objects other than tensors "
-                              f"(weights-only loader: {first[:160]})") from err
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed|\n\n|$)", str(err), re.S)
+        why = (found.group(1).strip() if found else "").splitlines()
+        why = why[0][:160] if why else type(err).__name__
+        if "Unsupported global" in why:
+            raise ConversionError(f"{path.name}: refused: it holds objects other than tensors "
+                                  f"({why}); it was not unpickled") from err
+        raise ConversionError(f"{path.name}: not a readable PyTorch weights file, or it holds "
+                              f"something other than tensors ({why})") from err
     except Exception as err:  # truncated or not a torch file at all
+        first = (str(err).strip().splitlines() or [""])[0][:120]
         raise ConversionError(f"{path.name}: not a readable PyTorch weights file "
-                              f"({type(err).__name__})") from err
+                              f"({type(err).__name__}{': ' + first if first else ''})") from err
     if not isinstance(obj, dict):
         raise ConversionError(f"{path.name}: expected a flat dict of tensors, got a "
                               f"{type(obj).__name__}")
@@ -139,13 +146,20 @@ def release_config(config: dict[str, Any], kind: str) -> dict[str, Any]:
     ``dataset.preprocessing``, with the inference flags every official script forces."""
     try:
         model = json.loads(json.dumps(config["model"]))
-        preprocessing = dict(config["dataset"]["preprocessing"])
-    except (KeyError, TypeError) as err:
-        raise ConversionError(f"config lacks {err} (needs model and dataset.preprocessing)") from err
+        vq = model["vq_model"]
+        preprocessing = config.get("dataset", {}).get("preprocessing")
+        if kind == "tokenizer" and not isinstance(preprocessing, dict):
+            raise KeyError("dataset.preprocessing")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ConversionError(f"config lacks {err} (needs model.vq_model and, for a tokenizer, "
+                              "dataset.preprocessing)") from err
     if kind == "tokenizer":
         model.pop("generator", None)
-        model["vq_model"].update(finetune_decoder=True, strict_length_assertion=False)
-    return {"model": model, "dataset": {"preprocessing": preprocessing}}
+        vq.update(finetune_decoder=True, strict_length_assertion=False)
+    out = {"model": model}
+    if isinstance(preprocessing, dict):
+        out["dataset"] = {"preprocessing": dict(preprocessing)}
+    return out
 
 
 def config_kind(config: dict[str, Any]) -> str:
@@ -246,6 +260,23 @@ def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "softvq_demo" / "converted"
 
 
+def download_release(release: Release, *, cache_dir: Optional[PathLike] = None,
+                     progress: bool = True) -> Path:
+    """The release's pickle, fetched into the Hub cache (not opened here)."""
+    from .loading import CheckpointError
+
+    try:
+        import huggingface_hub
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        (enable_progress_bars if progress else disable_progress_bars)()
+        return Path(huggingface_hub.hf_hub_download(release.repo_id, PICKLE_FILE, cache_dir=cache_dir))
+    except Exception as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else \
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise CheckpointError(f"could not get {release.repo_id!r} from the Hugging Face Hub: {why}") from err
+
+
 def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, progress: bool = True,
                      timeout: float = 3600) -> Path:
     """The converted folder of a Hub release: from the cache, or downloaded and converted once by
@@ -255,20 +286,10 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
     target = cache_root(cache_dir) / release.repo_id.replace("/", "--")
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-        (enable_progress_bars if progress else disable_progress_bars)()
-        bin_path = Path(hf_hub_download(release.repo_id, PICKLE_FILE, cache_dir=cache_dir))
-    except Exception as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else \
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        raise CheckpointError(f"could not get {release.repo_id!r} from the Hugging Face Hub: {why}") from err
-    revision = bin_path.parent.name if bin_path.parent.parent.name == "snapshots" else None
+    bin_path = download_release(release, cache_dir=cache_dir, progress=progress)
     cmd = [sys.executable, "-m", "softvq_demo", "convert", str(bin_path), "--manifest",
            str(release.manifest_path), "--kind", release.kind, "--out", str(target),
-           "--repo-id", release.repo_id] + (["--revision", revision] if revision else [])
+           "--repo-id", release.repo_id]
     try:
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -287,8 +308,7 @@ def main_convert(args) -> None:
     name / Hub repo id (downloaded first)."""
     release = find_release(args.source)
     if release is not None and not Path(args.source).is_file():
-        from huggingface_hub import hf_hub_download
-        bin_path = Path(hf_hub_download(release.repo_id, PICKLE_FILE))
+        bin_path = download_release(release)
         manifest, kind, repo_id = release.manifest_path, release.kind, release.repo_id
     else:
         bin_path, repo_id = Path(args.source), args.repo_id
@@ -303,8 +323,10 @@ def main_convert(args) -> None:
     if manifest is None and config is None:
         raise ConversionError("say what the file is: --release NAME, --manifest FILE or --config FILE")
     out = Path(args.out) if args.out else Path(bin_path.stem + "-converted")
+    revision = args.revision or (bin_path.parent.name if bin_path.parent.parent.name == "snapshots"
+                                 else None)  # huggingface_hub's cache: snapshots/<commit>/
     convert(bin_path, out, manifest=manifest, config=config, kind=kind, repo_id=repo_id,
-            revision=args.revision)
+            revision=revision)
     print(f"{bin_path.name} -> {out}/ (config.json, model.safetensors)")
 
 

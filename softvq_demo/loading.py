@@ -186,10 +186,10 @@ def resolve_references(config: dict[str, Any]) -> dict[str, Any]:
                                  "to put inside a string")
             return str(value)
 
-        out = _REFERENCE.sub(one, text)
         if "${" in _REFERENCE.sub("", text):
             raise ValueError(f"{name(key)}: unsupported reference in {text[:80]!r} (nested or "
                              "unterminated)")
+        out = _REFERENCE.sub(one, text)
         if len(out) > MAX_INTERPOLATED_CHARS:
             raise ValueError(f"{name(key)}: interpolated string longer than "
                              f"{MAX_INTERPOLATED_CHARS} characters")
