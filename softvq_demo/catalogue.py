@@ -108,6 +108,30 @@ CATALOGUE: list[ModelEntry] = [
     ModelEntry("textscenes-maskgit", "generator", "maskgit", None, 128, 32, codebook_size=1024,
                pair="textscenes-titok-32", embedded="textscenes-maskgit",
                notes="embedded; see its model card"),
+    # --- MAETok (Hhhhhhao/continuous_tokenizer README; arXiv 2502.03444) ------------------------
+    ModelEntry("maetok-b-128", "tokenizer", "maetok", "MAETok/maetok-b-128", 256, 128, token_dim=32,
+               rfid=0.48, notes="continuous, no codebook; token dim 32 is a fork's value (read from "
+               "config.json at load)"),
+    ModelEntry("maetok-b-128-512", "tokenizer", "maetok", "MAETok/maetok-b-128-512", 512, 128,
+               token_dim=32, rfid=0.62, notes="the id the official demo loads; README links "
+               "MAETok/maetok-b-512"),
+    ModelEntry("sit-xl_maetok-b-128", "generator", "sit", "MAETok/sit-xl_maetok-b-128", 256, 128,
+               token_dim=32, pair="maetok-b-128", gfid=1.67, gfid_no_cfg=2.31,
+               notes="sampling settings of the paper not published; SoftVQ's defaults are used"),
+    ModelEntry("sit-xl_maetok-b-128-512", "generator", "sit", "MAETok/sit-xl_maetok-b-128-512", 512,
+               128, token_dim=32, pair="maetok-b-128-512", gfid=1.69, gfid_no_cfg=2.79,
+               notes="sampling settings of the paper not published; SoftVQ's defaults are used"),
+    # --- One-D-Piece (turingmotors/One-D-Piece README): pickle releases, converted on first load
+    *[ModelEntry(f"one-d-piece-{s}-256", "tokenizer", "onedpiece", f"turing-motors/One-D-Piece-{s.upper()}-256",
+                 256, 256, token_dim=12, codebook_size=4096, rfid=rfid,
+                 notes="ordered tokens: any prefix decodes; pytorch_model.bin converted to "
+                 "safetensors once (python -m softvq_demo convert)")
+      for s, rfid in (("s", 1.48), ("b", 1.11), ("l", 1.08))],
+    *[ModelEntry(f"maskgit-one-d-piece-{s}-256", "generator", "maskgit",
+                 f"turing-motors/MaskGIT_One-D-Piece-{s.upper()}-256", 256, 256, codebook_size=4096,
+                 pair=f"one-d-piece-{s}-256", gfid=gfid,
+                 notes="TiTok's MaskGIT (ImageBert); pytorch_model.bin converted once")
+      for s, gfid in (("s", 2.67), ("b", 2.70), ("l", 2.35))],
 ]
 
 _BY_NAME = {e.name.lower(): e for e in CATALOGUE}

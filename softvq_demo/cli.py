@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None)
 
     sub.add_parser("models", help="list the catalogue")
+    from .convert import add_parser as add_convert_parser
+    add_convert_parser(sub)
     return parser
 
 
@@ -162,6 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_reconstruct(args)
         elif args.command == "generate":
             cmd_generate(args)
+        elif args.command == "convert":
+            from .convert import main_convert
+            main_convert(args)
     except BrokenPipeError:  # e.g. `models | head`
         return 0
     except KeyboardInterrupt:

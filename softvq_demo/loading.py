@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Collection, Optional, Union
 
 import torch
 from torch import nn
@@ -60,6 +61,10 @@ def resolve_source(source: PathLike, *, allow_local: bool = True, catalogue_only
             return entry.local_path
         text = entry.repo_id
     if _looks_like_repo_id(text):
+        from .convert import ensure_converted, find_release
+        release = find_release(text)
+        if release is not None:  # a pickle-only release: converted once, in a child process
+            return ensure_converted(release, cache_dir=cache_dir, progress=progress)
         return download_from_hub(text, progress=progress, cache_dir=cache_dir)
     if allow_local and (os.sep in text or "/" in text or text.startswith((".", "~"))):
         raise CheckpointError(f"{text!r}: no such folder, and not a model in the catalogue")
@@ -110,7 +115,128 @@ def read_config(folder: PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{config_path}: not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object")
-    return config
+    try:
+        return resolve_references(config)
+    except ValueError as err:
+        raise CheckpointError(f"{config_path}: {err}") from err
+
+
+# OmegaConf interpolations as the official TiTok/MaskGIT ``save_pretrained`` leaves them
+# (``OmegaConf.to_container`` unresolved): "${model.vq_model.num_latent_tokens}".
+_REFERENCE = re.compile(r"(\\)?\$\{([^${}]*)\}")
+MAX_INTERPOLATED_CHARS = 100_000  # a config whose strings double at every reference is refused
+
+
+def resolve_references(config: dict[str, Any]) -> dict[str, Any]:
+    """Resolve ``${dotted.path}`` references within a config, as OmegaConf does.
+
+    ``${a.b}`` is absolute, ``${.b}`` / ``${..b}`` relative to the key's own node / its parent;
+    numeric parts index lists; a string that is exactly one reference takes the referenced value
+    (type kept: an int stays an int), references inside longer strings are formatted in;
+    ``\\${...}`` stays literal. Resolvers (``${oc.env:HOME}``), nested references and cycles are
+    refused with the name of the key, as is a reference to a key that does not exist.
+    """
+    done: dict[tuple, Any] = {}
+    active: list[tuple] = []
+
+    def name(path: tuple) -> str:
+        return ".".join(map(str, path)) or "<root>"
+
+    def node_at(path: tuple, key: tuple, ref: str) -> Any:
+        node = config
+        for i, part in enumerate(path):
+            if isinstance(node, dict) and isinstance(part, str) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and str(part).isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise ValueError(f"{name(key)} refers to ${{{ref}}}, but {name(path[:i + 1])} "
+                                 "does not exist")
+        return resolved(node, path)
+
+    def target(ref: str, key: tuple) -> Any:
+        if ":" in ref:
+            raise ValueError(f"{name(key)}: resolver ${{{ref}}} is not supported (only "
+                             "${dotted.path} references)")
+        body = ref.strip()
+        if body.startswith("."):  # relative: one dot = the key's own node, each more = one up
+            dots = len(body) - len(body.lstrip("."))
+            base = key[:-1][:max(0, len(key) - dots)] if dots <= len(key) else None
+            if base is None:
+                raise ValueError(f"{name(key)}: ${{{ref}}} goes above the root")
+            body = body[dots:]
+        else:
+            base = ()
+        parts = tuple(p for p in body.split(".")) if body else ()
+        if any(not p for p in parts):
+            raise ValueError(f"{name(key)}: malformed reference ${{{ref}}}")
+        return node_at(base + parts, key, ref)
+
+    def interpolate(text: str, key: tuple) -> Any:
+        whole = _REFERENCE.fullmatch(text)
+        if whole and not whole.group(1):
+            return target(whole.group(2), key)
+
+        def one(m: re.Match) -> str:
+            if m.group(1):  # escaped
+                return "${" + m.group(2) + "}"
+            value = target(m.group(2), key)
+            if isinstance(value, (dict, list)):
+                raise ValueError(f"{name(key)}: ${{{m.group(2)}}} is a container, not a value "
+                                 "to put inside a string")
+            return str(value)
+
+        if "${" in _REFERENCE.sub("", text):
+            raise ValueError(f"{name(key)}: unsupported reference in {text[:80]!r} (nested or "
+                             "unterminated)")
+        out = _REFERENCE.sub(one, text)
+        if len(out) > MAX_INTERPOLATED_CHARS:
+            raise ValueError(f"{name(key)}: interpolated string longer than "
+                             f"{MAX_INTERPOLATED_CHARS} characters")
+        return out
+
+    def resolved(value: Any, path: tuple) -> Any:
+        if path in done:
+            return done[path]
+        if not isinstance(value, (dict, list)) and not (isinstance(value, str) and "${" in value):
+            return value
+        if path in active:
+            chain = " -> ".join(name(p) for p in active[active.index(path):] + [path])
+            raise ValueError(f"circular reference: {chain}")
+        active.append(path)
+        try:
+            if isinstance(value, dict):
+                out: Any = {k: resolved(v, path + (k,)) for k, v in value.items()}
+            elif isinstance(value, list):
+                out = [resolved(v, path + (str(i),)) for i, v in enumerate(value)]
+            else:
+                out = interpolate(value, path)
+        finally:
+            active.pop()
+        done[path] = out
+        return out
+
+    result = resolved(config, ())
+    _check_expanded_size(result, MAX_CONFIG_NODES)
+    return result
+
+
+MAX_CONFIG_NODES = 200_000
+
+
+def _check_expanded_size(value: Any, limit: int) -> None:
+    """References may share one sub-tree many times; refuse a config that would expand (when
+    written out again) beyond ``limit`` values. Stops counting as soon as the limit is passed."""
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ValueError(f"config expands to more than {limit} values through its references")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def weight_file(folder: Path) -> Path:
@@ -176,10 +302,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- building + loading
-def build_on_meta(config: dict[str, Any], kind: Optional[str] = None) -> nn.Module:
+def build_on_meta(config: dict[str, Any], kind: Optional[str] = None,
+                  tensor_names: Optional[Collection[str]] = None) -> nn.Module:
     try:
         with torch.device("meta"):
-            model = build_model(config, kind)
+            model = build_model(config, kind, tensor_names)
     except (ValueError, KeyError, TypeError, AssertionError, RuntimeError) as err:
         if isinstance(err, CheckpointError):
             raise
@@ -204,7 +331,8 @@ def load_folder(folder: PathLike, kind: Optional[str] = None, device: DeviceLike
         raise CheckpointError(f"{folder}: {err}") from err
     path = weight_file(folder)
     header = read_header(path)
-    model = build_on_meta(config, kind)
+    # Tensor names settle families that share a config layout (SoftVQ / MAETok).
+    model = build_on_meta(config, kind, header.keys())
     keys = check_keys(model, header, str(path))
     dev = resolve_device(device)
     model = model.to_empty(device=dev)

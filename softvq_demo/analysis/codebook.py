@@ -160,6 +160,9 @@ class Usage:
 def codebook_usage(indices: torch.Tensor, codebook_size: int, num_codebooks: int = 1,
                    probs: Optional[torch.Tensor] = None) -> Usage:
     """Usage from token-order indices B×N (and SoftVQ posteriors B×N×V when given)."""
+    if not codebook_size or indices is None:
+        raise ValueError("this tokenizer has continuous tokens and no codebook (e.g. MAETok): "
+                         "there is no codebook usage to count")
     if indices.dim() == 1:
         indices = indices.unsqueeze(0)
     b, n = indices.shape

@@ -6,7 +6,7 @@ model file registers its family with a detector that recognises its config layou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Optional
 
 from torch import nn
 
@@ -18,6 +18,10 @@ class Family:
     detect: Callable[[dict], bool]             # does this config.json describe this family?
     build: Callable[[dict], nn.Module]         # config -> module with random/empty weights
     validate: Callable[[dict], None] | None = None  # raise ValueError on absurd/inconsistent configs
+    # Some families share another's config layout (MAETok writes SoftVQ's ModelArgs, One-D-Piece
+    # TiTok's YAML tree). When several detectors match, the one whose ``claims`` holds wins; it may
+    # look at the checkpoint's tensor names (None when only the config is known).
+    claims: Callable[[dict, Optional[Collection[str]]], bool] | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -28,8 +32,12 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def detect_family(config: dict[str, Any], kind: str | None = None) -> Family:
+def detect_family(config: dict[str, Any], kind: str | None = None,
+                  tensor_names: Optional[Collection[str]] = None) -> Family:
     matches = [f for f in FAMILIES.values() if (kind is None or f.kind == kind) and f.detect(config)]
+    claimed = [f for f in matches if f.claims is not None and f.claims(config, tensor_names)]
+    if claimed:
+        return claimed[0]
     if not matches:
         others = [f.name for f in FAMILIES.values() if f.detect(config)]
         if others:
@@ -39,9 +47,10 @@ def detect_family(config: dict[str, Any], kind: str | None = None) -> Family:
     return matches[0]
 
 
-def build_model(config: dict[str, Any], kind: str | None = None) -> nn.Module:
+def build_model(config: dict[str, Any], kind: str | None = None,
+                tensor_names: Optional[Collection[str]] = None) -> nn.Module:
     """Build the module a config describes (weights random; use loading.py to fill them)."""
-    family = detect_family(config, kind)
+    family = detect_family(config, kind, tensor_names)
     if family.validate is not None:
         family.validate(config)
     return family.build(config)

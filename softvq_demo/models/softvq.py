@@ -202,10 +202,13 @@ class SoftVQModel(Tokenizer):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(latents):  # codeword ids -> hard codewords
-            latents = self.quantize.lookup(latents.reshape(latents.shape[0], -1))
-        if latents.ndim != 3 or latents.shape[1:] != (self.num_tokens, self.token_dim):
+            ids = latents.reshape(latents.shape[0], -1)
+            self.check_token_count(ids.shape[1])
+            latents = self.quantize.lookup(ids)
+        if latents.ndim != 3 or latents.shape[2] != self.token_dim or latents.shape[1] > self.num_tokens:
             raise ValueError(f"expected latents B×{self.num_tokens}×{self.token_dim}, "
                              f"got {tuple(latents.shape)}")
+        self.check_token_count(latents.shape[1])
         latents = latents.to(self.post_quant_conv.weight.dtype)
         return self.decoder(self.post_quant_conv(latents), (self.image_size, self.image_size))
 

@@ -60,6 +60,25 @@ def vit_arch(config: dict[str, Any], part: str) -> dict[str, int]:
     return dict(MODEL_SIZES[size])
 
 
+def pixel_decoder_config(vq: dict[str, Any]) -> dict[str, Any]:
+    """The released pixel decoder, with ``pixel_decoder_arch`` ({hidden_channels, num_res_blocks})
+    merged over it for small models (the size-override convention of the fixtures)."""
+    arch = vq.get("pixel_decoder_arch") or {}
+    if not isinstance(arch, dict) or set(arch) - {"hidden_channels", "num_res_blocks"}:
+        raise ValueError("model.vq_model.pixel_decoder_arch may only set hidden_channels and "
+                         "num_res_blocks")
+    conf = dict(RELEASED_CONFIG)
+    if "hidden_channels" in arch:
+        conf["hidden_channels"] = int_in_range("pixel_decoder_arch.hidden_channels",
+                                               arch["hidden_channels"], 32, 1024)
+        if conf["hidden_channels"] % 32:  # GroupNorm(32 groups) throughout
+            raise ValueError("pixel_decoder_arch.hidden_channels must be a multiple of 32")
+    if "num_res_blocks" in arch:
+        conf["num_res_blocks"] = int_in_range("pixel_decoder_arch.num_res_blocks",
+                                              arch["num_res_blocks"], 1, 8)
+    return conf
+
+
 def _quantize_mode(vq: dict[str, Any]) -> str:
     return vq.get("quantize_mode", "vq")
 
@@ -273,7 +292,7 @@ class TiTok(Tokenizer):
             # Two-stage models: the 1024 logits become an expected MaskGIT-VQGAN code, then pixels.
             self.pixel_quantize = nn.Module()
             self.pixel_quantize.embedding = nn.Embedding(NUM_CODES, CODE_DIM)
-            self.pixel_decoder = PixelDecoder(RELEASED_CONFIG)
+            self.pixel_decoder = PixelDecoder(pixel_decoder_config(vq))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -335,9 +354,10 @@ class TiTok(Tokenizer):
             tokens = latents.squeeze(2).transpose(1, 2)
         else:
             tokens = latents
-        if tokens.ndim != 3 or tokens.shape[1:] != (self.num_tokens, self.token_dim):
+        if tokens.ndim != 3 or tokens.shape[2] != self.token_dim or tokens.shape[1] > self.num_tokens:
             raise ValueError(f"TiTok latents must be B×{self.num_tokens}×{self.token_dim}, "
                              f"got {tuple(latents.shape)}")
+        self.check_token_count(tokens.shape[1])  # a prefix only where the family allows it
         param = self.decoder.decoder_embed.weight
         out = self.decoder(tokens.to(param.dtype))
         if self.finetune_decoder:
