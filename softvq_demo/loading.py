@@ -24,9 +24,10 @@ from .models.base import Generator, Tokenizer
 # would exhaust a Space's memory. A config beyond it is treated as a memory bomb.
 MAX_PARAMETERS = 3_000_000_000
 WEIGHT_FILE = "model.safetensors"
+DIFFUSERS_WEIGHT_FILE = "diffusion_pytorch_model.safetensors"  # VAE repos (FlexTok's) in diffusers layout
 CONFIG_FILE = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-HUB_FILES = [CONFIG_FILE, WEIGHT_FILE, "README.md"]
+HUB_FILES = [CONFIG_FILE, WEIGHT_FILE, "README.md", DIFFUSERS_WEIGHT_FILE]
 
 PathLike = Union[str, os.PathLike]
 
@@ -114,9 +115,9 @@ def read_config(folder: PathLike) -> dict[str, Any]:
 
 
 def weight_file(folder: Path) -> Path:
-    path = folder / WEIGHT_FILE
-    if path.is_file():
-        return path
+    for name in (WEIGHT_FILE, DIFFUSERS_WEIGHT_FILE):
+        if (folder / name).is_file():
+            return folder / name
     candidates = sorted(folder.glob("*.safetensors"))
     if len(candidates) == 1:
         return candidates[0]
