@@ -32,7 +32,7 @@ from torch import nn
 
 from .base import Encoded, Tokenizer, int_in_range
 from .flextok_vae import AutoencoderKL
-from .registry import Family, register_family
+from .registry import Companion, Family, register_family
 
 # The VAE that ``StableDiffusionVAE`` builds when its config names no Hub repo (vae_wrapper.py
 # VAE_BASE_CFG); ``latent_channels`` and the fixtures' ``vae_config_overrides`` are merged over it.
@@ -614,6 +614,27 @@ class FlexTok(Tokenizer):
         self.latent_size = grids[0].posembs.shape[-1] * patches[0].p
         self.image_size = self.latent_size * self.vae.vae.downsample_factor
         self.last_decode: dict[str, Any] = {}
+        if self.vae.vae.decoder.conv_in.weight.is_meta:  # the loader builds on meta first
+            self.check_runs()
+
+    def check_runs(self) -> None:
+        """Run encode and one decoder step on meta tensors (no compute): a config whose modules
+        read what no earlier module wrote, or get the wrong shapes, fails here, at load time.
+        (huggingface_hub's own save_pretrained sorts config keys, which reorders the modules.)"""
+        try:
+            with torch.device("meta"), torch.no_grad():
+                enc = self.encode(torch.zeros(1, 3, self.image_size, self.image_size))
+                if tuple(enc.latents.shape) != (1, self.num_tokens, self.token_dim):
+                    raise ValueError(f"encoder gives {tuple(enc.latents.shape)} FSQ inputs")
+                shape = (1, self.latent_channels, self.latent_size, self.latent_size)
+                v = self.velocity(torch.zeros(shape), torch.ones(1), enc.latents[:, :1])
+                if tuple(v.shape) != shape:
+                    raise ValueError(f"decoder gives {tuple(v.shape)}, expected {shape}")
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:
+            what = f"missing data entry {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+            raise ValueError("FlexTok config.json does not run in its module order "
+                             f"({type(err).__name__}: {what}); the modules must be listed in execution "
+                             "order (a config saved with sorted keys is not)") from None
 
     def _decoder_flag_keys(self) -> dict[str, str]:
         keys = {}
@@ -826,4 +847,11 @@ def _validate(config: dict) -> None:
         raise ValueError("FlexTok config: decoder has no module_dict")
 
 
-register_family(Family("flextok", "tokenizer", _is_flextok, FlexTok, _validate))
+def _attach_vae_config(config: dict, vae_config: dict) -> dict:
+    if vae_config.get("_class_name") != "AutoencoderKL":
+        raise ValueError(f"{config['vae']['hf_hub_path']!r} is not an AutoencoderKL (diffusers layout)")
+    return {**config, VAE_CONFIG_KEY: vae_config}
+
+
+register_family(Family("flextok", "tokenizer", _is_flextok, FlexTok, _validate,
+                       companion=Companion(vae_companion, _attach_vae_config, "vae.vae.")))
