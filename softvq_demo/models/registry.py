@@ -12,6 +12,16 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A second repo or folder that a model's config names (FlexTok's VAE, ``vae.hf_hub_path``):
+    its config.json completes the build config, and its weights fill the keys under ``prefix``
+    that the model's own checkpoint lacks (the model's own tensors win, as in the official load)."""
+    source: Callable[[dict], "str | None"]      # config -> repo id or folder, None if not used
+    attach: Callable[[dict, dict], dict]        # (config, companion config) -> config to build
+    prefix: str                                 # state-dict prefix of its tensors in the model
+
+
+@dataclass(frozen=True)
 class Family:
     name: str                                  # "softvq", "sit", "titok", "maskgit"
     kind: str                                  # "tokenizer" | "generator"
@@ -22,6 +32,7 @@ class Family:
     # TiTok's YAML tree). When several detectors match, the one whose ``claims`` holds wins; it may
     # look at the checkpoint's tensor names (None when only the config is known).
     claims: Callable[[dict, Optional[Collection[str]]], bool] | None = None
+    companion: Companion | None = None          # a second repo/folder the config names
 
 
 FAMILIES: dict[str, Family] = {}
