@@ -141,15 +141,19 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed: Seed = None,
+             noise: Optional[torch.Tensor] = None,
              progress: Optional[Callable[[int, int], None]] = None, fast: Optional[bool] = None,
              **options) -> Generation:
-    """Sample tokens and decode them to images, timing both on the device they ran on."""
+    """Sample tokens and decode them to images, timing both on the device they ran on.
+
+    ``labels``, ``noise`` (SiT) may live on any device. ``images`` come back on the tokenizer's
+    device, ``tokens`` and ``labels`` on the generator's."""
     check_pair(tokenizer, generator)
     device = module_device(generator)
     y = as_labels(labels, generator.num_classes, device)
     _sync(device)
     start = time.perf_counter()
-    tokens = sample(generator, y, seed=seed, progress=progress, fast=fast, **options)
+    tokens = sample(generator, y, seed=seed, noise=noise, progress=progress, fast=fast, **options)
     _sync(device)
     mid = time.perf_counter()
     tok_device = module_device(tokenizer)
