@@ -83,8 +83,7 @@ def sample_set(generator, tokenizer, n: int, out, *, dist: Dist, seed: int = 0, 
     """Sample this rank's share of ``n`` images into ``out``; rank 0 joins them into the ``.npz``.
 
     Returns the summary written to ``out/settings.json`` (rank 0; other ranks get theirs)."""
-    from ..sampling import check_pair, generate, pair_warning
-    from ..sampling.fast import fast_enabled
+    from ..sampling import check_pair, generate, pair_warning, policy
 
     check_pair(tokenizer, generator)
     if labels not in LABEL_MODES:
@@ -93,9 +92,12 @@ def sample_set(generator, tokenizer, n: int, out, *, dist: Dist, seed: int = 0, 
     size = int(tokenizer.image_size)
     plan = chunks(n, batch_size)
     opts = resolved_options(generator, options)
+    # one decision for the whole job: its compile is paid once over every chunk of this rank
+    fast = policy.choose(generator, dist.device, fast, batch_size, options, tokenizer=tokenizer,
+                         runs=len(plan))  # not per rank: the same choice on 1 or 8 GPUs
     identity = dict(kind="sample", sources=sources or {}, n=n, seed=seed, batch_size=batch_size,
                     labels=labels, image_size=size, options=opts,
-                    fast=fast_enabled(dist.device, fast), num_classes=generator.num_classes)
+                    fast=fast, num_classes=generator.num_classes)
     check_settings(out, identity)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
