@@ -64,7 +64,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the catalogue")
     from .convert import add_parser as add_convert_parser
     add_convert_parser(sub)
+    add_research_commands(sub)
     return parser
+
+
+def add_research_commands(sub) -> None:
+    """``sample``, ``reconstruct-set`` and ``fid`` (softvq_demo.research; docs/reproduce.md)."""
+    smp = sub.add_parser("sample", help="N samples into an ADM .npz (torchrun-shardable, resumable)")
+    smp.add_argument("--generator", default="textscenes-sit")
+    smp.add_argument("--tokenizer", default=None, help="default: the generator's paired tokenizer")
+    # not "--n": torchrun's own parser would take it for an abbreviation of --nnodes/--nproc...
+    smp.add_argument("--num-samples", type=int, default=50000, help="number of images (default: %(default)s)")
+    smp.add_argument("--batch-size", type=int, default=64, help="images per chunk and per batch; "
+                     "part of the result for SDE and MaskGIT (default: %(default)s)")
+    smp.add_argument("--labels", default="balanced", help="balanced (i %% classes) or uniform")
+    smp.add_argument("--steps", type=int, default=None)
+    smp.add_argument("--cfg", type=float, default=None, help="guidance scale")
+    smp.add_argument("--sampler", default=None, help="SiT: euler, heun, sde")
+    smp.add_argument("--guidance-low", type=float, default=None)
+    smp.add_argument("--guidance-high", type=float, default=None)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--png", action="store_true", help="also write one PNG per image")
+    smp.add_argument("--ref", default=None, help="reference .npz: compute FID / IS / P-R at the end")
+    smp.add_argument("--reference-path", action="store_true",
+                     help="the reference sampler instead of the CUDA fast path")
+    smp.add_argument("--out", default="out/samples")
+    smp.add_argument("--device", default=None, help="cpu, cuda (each torchrun rank takes its own)")
+    rs = sub.add_parser("reconstruct-set", help="a folder of images through a tokenizer into .npz")
+    rs.add_argument("folder", help="images, found recursively (ImageNet-val layout or any)")
+    rs.add_argument("--tokenizer", default="textscenes-softvq-32")
+    rs.add_argument("--batch-size", type=int, default=64)
+    rs.add_argument("--boxes", default=None, help="JSON {relative path: [[x0,y0,x1,y1], ...]} for "
+                    "OCR text metrics")
+    rs.add_argument("--rfid", action="store_true", help="compute rFID (reconstructions vs inputs)")
+    rs.add_argument("--reference-path", action="store_true", help="no CUDA fast path")
+    rs.add_argument("--out", default="out/reconstruct-set")
+    rs.add_argument("--device", default=None)
+    fid = sub.add_parser("fid", help="FID / IS / precision-recall of a .npz against a reference .npz")
+    fid.add_argument("samples")
+    fid.add_argument("reference")
+    fid.add_argument("--device", default=None)
+    fid.add_argument("--batch-size", type=int, default=200)
 
 
 def cmd_models() -> None:
@@ -154,6 +194,74 @@ def cmd_generate(args) -> None:
           f"on {t['device']}")
 
 
+def _sampler_options(gen, args) -> dict:
+    if gen.family == "sit":
+        pairs = (("steps", args.steps), ("cfg_scale", args.cfg), ("method", args.sampler),
+                 ("guidance_low", args.guidance_low), ("guidance_high", args.guidance_high))
+    else:
+        if args.sampler is not None:
+            raise ValueError("--sampler applies to SiT generators only")
+        pairs = (("steps", args.steps), ("guidance_scale", args.cfg))
+    return {k: v for k, v in pairs if v is not None}
+
+
+def _print_fid(samples, reference, device, batch_size: int = 200) -> None:
+    """FID & co, or one line saying why not (the .npz stays usable with the ADM evaluator)."""
+    from .research import fid
+
+    try:
+        res = fid.compare(samples, reference, device=device, batch_size=batch_size)
+    except (fid.InceptionMissing, ImportError) as err:
+        print(f"FID not computed: {err}. {samples} is ready for the ADM evaluator.", file=sys.stderr)
+        return
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+
+
+def cmd_research(args) -> None:
+    """One process, or one rank of ``torchrun --nproc_per_node=K -m softvq_demo ...``."""
+    if args.command == "fid":
+        _print_fid(args.samples, args.reference, args.device, args.batch_size)
+        return
+    from .catalogue import find_entry
+    from .loading import load_generator, load_tokenizer
+    from .research.shards import distributed
+
+    fast = False if args.reference_path else None
+    with distributed(args.device) as dist:
+        if args.command == "reconstruct-set":
+            from .research.reconstruct_set import reconstruct_set
+
+            tok = load_tokenizer(args.tokenizer, device=dist.device)
+            summary = reconstruct_set(tok, args.folder, args.out, dist=dist, batch_size=args.batch_size,
+                                      boxes=args.boxes, fast=fast, sources={"tokenizer": args.tokenizer})
+            ref = summary.get("inputs_npz") if args.rfid else None
+        else:
+            from .research.sample_set import sample_set
+
+            gen = load_generator(args.generator, device=dist.device)
+            tok_src = args.tokenizer
+            if tok_src is None:
+                entry = find_entry(args.generator)
+                if entry is None or entry.pair is None:
+                    raise ValueError("--tokenizer is required for a generator outside the catalogue")
+                tok_src = entry.pair
+            tok = load_tokenizer(tok_src, device=dist.device)
+            summary = sample_set(gen, tok, args.num_samples, args.out, dist=dist, seed=args.seed,
+                                 batch_size=args.batch_size, labels=args.labels, png=args.png, fast=fast,
+                                 sources={"generator": args.generator, "tokenizer": tok_src},
+                                 **_sampler_options(gen, args))
+            ref = args.ref
+        if dist.is_main:
+            rate = summary.get("images_per_s")
+            extra = "".join(f", {k} {summary[k]:.4f}" for k in ("psnr", "ssim", "t_acc", "t_ned")
+                            if isinstance(summary.get(k), float))
+            print(f"{summary['npz']}: {summary['images_this_run']} images this run on "
+                  f"{dist.world_size} process(es) ({summary['device']}), "
+                  f"{rate:.2f} img/s{extra}" if rate else f"{summary['npz']}: nothing left to do{extra}")
+            if ref:
+                _print_fid(summary["npz"], ref, dist.device)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,6 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "convert":
             from .convert import main_convert
             main_convert(args)
+        elif args.command in ("sample", "reconstruct-set", "fid"):
+            cmd_research(args)
     except BrokenPipeError:  # e.g. `models | head`
         return 0
     except KeyboardInterrupt:

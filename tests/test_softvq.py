@@ -33,7 +33,7 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_tokenizer_matches_official(reference, name):
     folder = reference / "softvq" / name
     io = load_file(str(folder / "io.safetensors"))
-    tok = load_tokenizer(folder)
+    tok = load_tokenizer(folder, device="cpu")
     with torch.no_grad():
         enc = tok.encode(io["images"])
         decoded = tok.decode(io["latents"])
@@ -56,7 +56,7 @@ def test_tokenizer_matches_official(reference, name):
 def test_sit_forward_matches_official(reference, name, seed):
     folder = reference / "softvq" / name
     io = load_file(str(folder / "io.safetensors"))
-    gen = load_generator(folder)
+    gen = load_generator(folder, device="cpu")
     with torch.no_grad():
         out = gen(io["x_t"], io["t"], io["y"])  # includes the null class 1000
     assert max_err(out, io["out"]) < TOL
@@ -67,7 +67,7 @@ def test_sit_forward_matches_official(reference, name, seed):
 def test_sit_samplers_match_official(reference, name, seed, run):
     folder = reference / "softvq" / name
     io = load_file(str(folder / "io.safetensors"))
-    gen = load_generator(folder)
+    gen = load_generator(folder, device="cpu")
     # The fixture drew SDE noise from the global generator seeded right before the call;
     # a CPU generator with the same seed draws the same numbers.
     x = sample(gen, io["labels"], noise=io["noise"], seed=seed, steps=4, guidance_low=0.0,
@@ -78,7 +78,7 @@ def test_sit_samplers_match_official(reference, name, seed, run):
 def test_sde_uses_global_generator_when_no_seed(reference):
     folder = reference / "softvq" / "sit_tiny"
     io = load_file(str(folder / "io.safetensors"))
-    gen = load_generator(folder)
+    gen = load_generator(folder, device="cpu")
     torch.manual_seed(8)
     x = sample_flow(gen, io["noise"], io["labels"], steps=4, path="linear", **RUNS["sde4_cfg1.75_high0.7"])
     assert max_err(x, io["sde4_cfg1.75_high0.7"]) < TOL
@@ -86,7 +86,7 @@ def test_sde_uses_global_generator_when_no_seed(reference):
 
 def test_guidance_is_batched_once(reference):
     """One network call per guided step with batch 2B (the official script makes two)."""
-    gen = load_generator(reference / "softvq" / "sit_tiny")
+    gen = load_generator(reference / "softvq" / "sit_tiny", device="cpu")
     batches = []
     hook = gen.x_embedder.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]))
     sample(gen, [1, 2], seed=0, steps=4, method="euler", cfg_scale=2.0, guidance_low=0.0,
@@ -96,7 +96,7 @@ def test_guidance_is_batched_once(reference):
 
 
 def test_sampling_is_seeded(reference):
-    gen = load_generator(reference / "softvq" / "sit_tiny")
+    gen = load_generator(reference / "softvq" / "sit_tiny", device="cpu")
     a = sample(gen, [3, 4], seed=123, steps=3)
     b = sample(gen, [3, 4], seed=123, steps=3)
     c = sample(gen, [3, 4], seed=124, steps=3)
@@ -182,7 +182,7 @@ def test_training_only_and_optional_keys(reference, tmp_path):
         s["repa_model.blocks.0.weight"] = torch.zeros(3)
         s["projection.0.weight"] = torch.zeros(3)
     folder = copy_with(reference, tmp_path, edit)
-    tok = load_tokenizer(folder)
+    tok = load_tokenizer(folder, device="cpu")
     assert not any(k.startswith(("repa_model", "projection")) for k in tok.state_dict())
 
 

@@ -6,8 +6,9 @@ models only through these attributes and methods, so a new family plugs in by su
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -20,6 +21,41 @@ def int_in_range(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise ValueError(f"{name} = {value} is out of the sane range {lo}..{hi}")
     return int(value)
+
+
+def model_device(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def on_model_device(method: Callable) -> Callable:
+    """Move a method's tensor arguments to its module's device first (a no-op when already there).
+
+    Every Tokenizer ``encode`` / ``decode`` / ``decode_tokens`` and Generator ``forward`` gets this
+    automatically (``__init_subclass__``); new families get it by subclassing. Results come back
+    on the model's device."""
+    if getattr(method, "_on_model_device", False):
+        return method
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        dev = model_device(self)
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) and a.device != dev else a for a in args)
+        kwargs = {k: v.to(dev) if isinstance(v, torch.Tensor) and v.device != dev else v
+                  for k, v in kwargs.items()}
+        return method(self, *args, **kwargs)
+
+    wrapper._on_model_device = True
+    return wrapper
+
+
+def _wrap_device_methods(cls: type, names: tuple[str, ...]) -> None:
+    for name in names:
+        if name in cls.__dict__ and callable(cls.__dict__[name]):
+            setattr(cls, name, on_model_device(cls.__dict__[name]))
 
 
 @dataclass
@@ -58,6 +94,13 @@ class Tokenizer(nn.Module):
     # Ordered 1D tokenizers (One-D-Piece, FlexTok) decode any prefix ``latents[:, :k]``; the
     # others need all ``num_tokens`` tokens and ``decode`` refuses fewer (``check_token_count``).
     prefix_decodable: bool = False
+
+    # Inputs on any device are moved to the model's; results come back on the model's device.
+    device_methods: tuple[str, ...] = ("encode", "decode", "decode_tokens")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _wrap_device_methods(cls, cls.device_methods)
 
     def check_token_count(self, k: int) -> None:
         """Raise a ValueError unless ``decode`` can take ``k`` tokens (1 ≤ k ≤ N for prefix models)."""
@@ -115,6 +158,13 @@ class Generator(nn.Module):
     token_dim: Optional[int] = None      # SiT: latent channels it models
     codebook_size: Optional[int] = None  # MaskGIT: vocabulary of image tokens
     class_names: Optional[list[str]] = None
+
+    # ``gen(x, t, y)`` / ``gen(ids, labels)`` take inputs on any device; outputs on the model's.
+    device_methods: tuple[str, ...] = ("forward",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _wrap_device_methods(cls, cls.device_methods)
 
     def describe(self) -> str:
         what = f"{self.token_dim} dims" if self.token_dim else f"{self.codebook_size} codes"

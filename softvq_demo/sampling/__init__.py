@@ -14,8 +14,11 @@ import torch
 
 from ..device import autocast, module_device
 from ..models.base import Generator, Tokenizer
+from . import compile_cache, policy
 from .flow import PATHS, network_evaluations, sample_flow
 from .settings import METHODS, SIT_DEFAULTS, defaults
+
+compile_cache.configure()  # before any torch.compile: kernels persist across processes
 
 Labels = Union[torch.Tensor, Sequence[int], int]
 Seed = Union[int, torch.Generator, None]
@@ -90,13 +93,21 @@ def sample(generator: Generator, labels: Labels, *, seed: Seed = None,
            fast: Optional[bool] = None, **options) -> torch.Tensor:
     """Run a generator's sampler. SiT options: steps, method (euler|heun|sde), cfg_scale,
     guidance_low, guidance_high, path; MaskGIT options: steps, guidance_scale, guidance_decay,
-    randomize_temperature. ``fast`` (default: on CUDA) uses ``sampling.fast`` (bf16 weights,
-    compiled blocks, CUDA graphs); ``fast=False`` runs the reference sampler."""
-    from .fast import fast_enabled
+    randomize_temperature. ``fast=True`` uses ``sampling.fast`` on CUDA (bf16 weights, compiled
+    blocks, CUDA graphs); ``fast=False`` runs the reference sampler; ``fast=None`` (default) takes
+    the fast path where it pays for itself (``sampling.policy``).
 
+    ``labels`` and ``noise`` may be on any device; the result is on the generator's device."""
     device = module_device(generator)
-    use_fast = fast_enabled(device, fast)
     y = as_labels(labels, generator.num_classes, device)
+    use_fast = policy.choose(generator, device, fast, int(y.shape[0]), options)
+    tokens = _sample(generator, y, device, use_fast, seed, noise, progress, options)
+    if use_fast:
+        policy.mark_warm(generator, policy.run_key(generator, int(y.shape[0]), options))
+    return tokens
+
+
+def _sample(generator, y, device, use_fast, seed, noise, progress, options) -> torch.Tensor:
     rng = make_rng(seed)
     if generator.family == "sit":
         opts = {**sit_defaults(generator), "path": generator.path_type, **options}
@@ -136,20 +147,26 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed: Seed = None,
+             noise: Optional[torch.Tensor] = None,
              progress: Optional[Callable[[int, int], None]] = None, fast: Optional[bool] = None,
              **options) -> Generation:
-    """Sample tokens and decode them to images, timing both on the device they ran on."""
+    """Sample tokens and decode them to images, timing both on the device they ran on.
+
+    ``labels``, ``noise`` (SiT) may live on any device. ``images`` come back on the tokenizer's
+    device, ``tokens`` and ``labels`` on the generator's."""
     check_pair(tokenizer, generator)
     device = module_device(generator)
     y = as_labels(labels, generator.num_classes, device)
+    # decided once for the sampler and the decode (fast=None: where it pays, sampling.policy)
+    use_fast = policy.choose(generator, device, fast, int(y.shape[0]), options, tokenizer=tokenizer)
     _sync(device)
     start = time.perf_counter()
-    tokens = sample(generator, y, seed=seed, progress=progress, fast=fast, **options)
+    tokens = sample(generator, y, seed=seed, noise=noise, progress=progress, fast=use_fast, **options)
     _sync(device)
     mid = time.perf_counter()
     tok_device = module_device(tokenizer)
-    from .fast import fast_enabled, fast_tokenizer
-    decoder = fast_tokenizer(tokenizer) if fast_enabled(tok_device, fast) else tokenizer
+    from .fast import fast_tokenizer
+    decoder = fast_tokenizer(tokenizer) if use_fast and tok_device.type == "cuda" else tokenizer
     with autocast(tok_device):
         if generator.family == "sit":
             images = decoder.decode(tokenizer.denormalize(tokens.to(tok_device)))
@@ -162,7 +179,7 @@ def generate(generator: Generator, tokenizer: Tokenizer, labels: Labels, *, seed
     n = int(y.shape[0])
     timings = dict(generator_s=mid - start, decode_s=end - mid, total_s=end - start,
                    images_per_s=n / max(end - start, 1e-9), ms_per_step=1000 * (mid - start) / max(steps, 1),
-                   steps=steps, batch=n, device=str(device))
+                   steps=steps, batch=n, device=str(device), fast=use_fast)
     if generator.family == "sit":
         opts = {**sit_defaults(generator), **options}
         timings["network_evals"] = network_evaluations(opts["steps"], opts["method"], opts["cfg_scale"],

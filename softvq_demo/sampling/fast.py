@@ -238,7 +238,7 @@ def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: 
             call(1)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # see _Graphs._capture
             out = call(1)
         out.zero_()
         graph.replay()
@@ -553,7 +553,9 @@ class _Graphs:
             torch.cuda.synchronize(self.device)
             g = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(g, pool=self.pool):
+                # thread_local: a background warm-up (sampling.policy) may capture while
+                # another thread samples on the reference path
+                with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
                     fn()
             except Exception as err:  # pragma: no cover - depends on the GPU stack
                 self.failed = f"{type(err).__name__}: {err}"

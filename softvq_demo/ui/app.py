@@ -118,6 +118,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     atomic_image_cache()
     robust_cache_expiry()
     warm_up_umap()
+    warm_up_generate(manager)
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
     demo.launch_kwargs = {"css": CSS, "js": click_js}  # type: ignore[attr-defined]
@@ -161,6 +162,37 @@ def warm_up_umap() -> None:
             log.info("UMAP warm-up skipped: %s", err)
 
     threading.Thread(target=run, name="umap-warmup", daemon=True).start()
+
+
+def warm_up_generate(manager: ModelManager) -> list:
+    """On a GPU, warm the fast path in the background for each loaded generator at the Generate
+    tab's starting settings, so the first click is not the one that compiles; clicks before it
+    is ready run the reference sampler (sampling.policy). SOFTVQ_NO_WARMUP=1 disables it."""
+    import os
+
+    from ..sampling import policy
+    from .tab_generate import sampler_defaults
+
+    if os.environ.get("SOFTVQ_NO_WARMUP") or manager.device.type != "cuda":
+        return []
+    threads = []
+    for name in manager.names("generator"):
+        try:
+            gen, tok_name = manager.generator(name), manager.pair_tokenizer(name)
+            if tok_name is None:
+                continue
+            method, cfg, steps = sampler_defaults(gen)
+            if gen.family == "sit":  # exactly what the tab passes on a first click (batch 4)
+                options = dict(steps=int(steps), method=method, cfg_scale=float(cfg),
+                               guidance_low=0.0, guidance_high=0.7)
+            else:
+                options = dict(steps=int(steps), guidance_scale=float(cfg), guidance_decay=method)
+            t = policy.warm_in_background(gen, manager.tokenizer(tok_name), 4, options)
+            if t is not None:
+                threads.append(t)
+        except Exception as err:  # optional: never block the app
+            log.info("generate warm-up skipped for %s: %s", name, err)
+    return threads
 
 
 def _second(toks: list[str]) -> str:
