@@ -102,11 +102,11 @@ CATALOGUE: list[ModelEntry] = [
     ModelEntry("textscenes-sit", "generator", "sit", None, 128, 32, token_dim=32,
                pair="textscenes-softvq-32", embedded="textscenes-sit",
                notes="embedded; see its model card"),
-    ModelEntry("textscenes-titok-32", "tokenizer", "titok", None, 128, 32, token_dim=16,
-               codebook_size=1024, embedded="textscenes-titok-32",
+    ModelEntry("textscenes-titok-128", "tokenizer", "titok", None, 128, 128, token_dim=16,
+               codebook_size=1024, embedded="textscenes-titok-128",
                notes="embedded; see its model card"),
-    ModelEntry("textscenes-maskgit", "generator", "maskgit", None, 128, 32, codebook_size=1024,
-               pair="textscenes-titok-32", embedded="textscenes-maskgit",
+    ModelEntry("textscenes-maskgit", "generator", "maskgit", None, 128, 128, codebook_size=1024,
+               pair="textscenes-titok-128", embedded="textscenes-maskgit",
                notes="embedded; see its model card"),
 ]
 
