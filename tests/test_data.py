@@ -310,9 +310,10 @@ def test_v2_masks_and_boxes_match_the_rendered_text(fake_bank):
         assert np.array_equal(s.mask, bare.mask) and s.boxes == bare.boxes
         assert np.array_equal(s.mask, s.line_mask > 0) and s.text == "\n".join(s.lines)
         diff = np.abs(s.image.astype(int) - bare.image.astype(int)).sum(-1)
-        assert (diff[s.mask] > 0).mean() > 0.8, i
-        grown = torch.nn.functional.max_pool2d(torch.from_numpy(s.mask).float()[None, None], 5, 1, 2)[0, 0]
-        assert diff[~grown.bool().numpy()].max() == 0, i
+        assert (diff[s.mask] > 0).mean() > 0.7, i
+        # away from the mask (coverage >= 5%) nothing changes by more than that coverage could
+        grown = torch.nn.functional.max_pool2d(torch.from_numpy(s.mask).float()[None, None], 3, 1, 1)[0, 0]
+        assert diff[~grown.bool().numpy()].max() <= 3 * 0.05 * 255 + 3, i
         for k, box in enumerate(s.boxes, 1):  # each box is its line's tight bounding box
             ys, xs = np.nonzero(s.line_mask == k)
             assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
