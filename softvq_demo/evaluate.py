@@ -112,6 +112,134 @@ def evaluate_tokenizer(tok, n: int = 200, photos: Optional[int] = None, *, seed:
     return res
 
 
+# ------------------------------------------------------------------------------ text tables
+BICUBIC_FACTORS = (2, 3, 4)
+BOX_PAD = 0.15   # crops of ground-truth boxes are padded by this fraction of the box height
+
+
+def bicubic_copy(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """A ``factor``× bicubic down-and-up copy (antialiased down): (S/factor)²·3 numbers an image."""
+    size = images.shape[-1]
+    small = max(1, round(size / factor))
+    down = torch.nn.functional.interpolate(images, size=(small, small), mode="bicubic", antialias=True,
+                                           align_corners=False)
+    return torch.nn.functional.interpolate(down, size=(size, size), mode="bicubic",
+                                           align_corners=False).clamp(-1, 1)
+
+
+def _crop(image_u8: np.ndarray, box, pad: float = BOX_PAD) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    p = max(1, round((y1 - y0) * pad))
+    h, w = image_u8.shape[:2]
+    return image_u8[max(0, y0 - p):min(h, y1 + p), max(0, x0 - p):min(w, x1 + p)]
+
+
+def _u8(images: torch.Tensor) -> np.ndarray:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _region_psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> float:
+    """Mean over images of the PSNR restricted to ``weight`` (B×1×H×W, 0/1); images whose region
+    is empty are left out."""
+    err = (a - b).pow(2)
+    area = weight.sum(dim=(1, 2, 3)) * a.shape[1]
+    keep = area > 0
+    if not keep.any():
+        return float("nan")
+    mse = (err * weight).sum(dim=(1, 2, 3))[keep] / area[keep]
+    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
+
+
+def text_rows(images: torch.Tensor, outputs: dict, lines: Optional[list] = None, *, use_ocr: bool = True,
+              progress: bool = True, name: str = "set") -> dict:
+    """Rows (one per entry of ``outputs``: name → B×3×S×S in [-1, 1]) of PSNR, SSIM, PSNR inside
+    and outside the text boxes, and T-ACC / T-NED read on crops of the ground-truth boxes
+    (``lines``: per image a list of (text, box)). OCR protocol here: RapidOCR recognition alone
+    on each padded ground-truth box crop, compared with the ground-truth string after
+    :func:`ocr.normalize_text` (case-insensitive, letters and digits) -- TokBench's crops-of-GT
+    protocol, in its case-insensitive variant."""
+    rows = {}
+    inside = None
+    if lines is not None:
+        inside = torch.zeros(images.shape[0], 1, images.shape[-2], images.shape[-1])
+        for i, ls in enumerate(lines):
+            for _, (x0, y0, x1, y1) in ls:
+                inside[i, :, y0:y1, x0:x1] = 1
+    ocr = _ocr() if (use_ocr and lines is not None) else None
+    for key, out in outputs.items():
+        psnr = metrics.psnr(out, images, reduction="none")
+        finite = psnr[torch.isfinite(psnr)]
+        row = dict(psnr=float(finite.mean()) if finite.numel() else float("inf"),
+                   ssim=float(metrics.ssim(out, images, reduction="none").mean()))
+        if inside is not None:
+            row["psnr_in_box"] = _region_psnr(out, images, inside)
+            row["psnr_out_box"] = _region_psnr(out, images, 1 - inside)
+        if ocr is not None:
+            u8 = _u8(out)
+            preds, refs = [], []
+            for i, ls in enumerate(tqdm(lines, desc=f"{name}: OCR {key}", unit="img", leave=False,
+                                        disable=not progress)):
+                for text, box in ls:
+                    preds.append(ocr.recognize(_crop(u8[i], box))[0])
+                    refs.append(text)
+            m = ocr.text_metrics(preds, refs)
+            row.update(t_acc=_nan_to_none(m["t_acc"]), t_ned=_nan_to_none(m["t_ned"]), lines=m["n"])
+        rows[key] = row
+    return rows
+
+
+def _text_set(kind: str, n: int, seed: int, render_size: int) -> tuple[torch.Tensor, Optional[list]]:
+    if kind == "unseen":     # textscenes v2 held-out split: unseen fonts, unseen words, unseen photos
+        from .data import textscenes2 as ts2
+        ds = ts2.TextScenes2("heldout", size=n, image_size=render_size, seed=seed)
+        samples = [ds.sample(i) for i in range(n)]
+        return ts.to_tensor(np.stack([s.image for s in samples])), [list(zip(s.lines, s.boxes)) for s in samples]
+    if kind == "textscenes_v1":
+        ds = ts.TextScenes("heldout", size=n, image_size=render_size, seed=seed)
+        samples = [ds.sample(i) for i in range(n)]
+        return ts.to_tensor(np.stack([s.image for s in samples])), [[(s.text, s.box)] for s in samples]
+    from .data import textscenes2 as ts2
+    return ts.to_tensor(ts2.photo_crops(n, render_size, seed=seed)), None
+
+
+TEXT_SETS = {"unseen": "textscenes v2 held-out (unseen fonts + words)", "textscenes_v1": "textscenes v1 held-out",
+             "photos": "held-out photo crops (no text)"}
+
+
+def evaluate_tables(tok, n: int = 200, photos: Optional[int] = None, *, seed: int = 0, batch_size: int = 32,
+                    use_ocr: bool = True, progress: bool = True) -> dict:
+    """Per set of :data:`TEXT_SETS`: the tokenizer's row, the inputs' own ("original", the OCR
+    ceiling) and bicubic 2×/3×/4× down-and-up copies, so a reader sees what the tokens buy."""
+    size = int(tok.image_size)
+    photos = n if photos is None else photos
+    out = {}
+    for kind in TEXT_SETS:
+        count = photos if kind == "photos" else n
+        if count <= 0:
+            continue
+        x, lines = _text_set(kind, count, seed, size)
+        recon = reconstruct(tok, x, batch_size=batch_size, progress=progress, desc=f"{kind}: reconstruct")
+        outputs = {"tokenizer": recon, "original": x}
+        outputs.update({f"bicubic {k}x": bicubic_copy(x, k) for k in BICUBIC_FACTORS})
+        out[kind] = dict(n=count, rows=text_rows(x, outputs, lines, use_ocr=use_ocr, progress=progress, name=kind))
+    return out
+
+
+def format_tables(tables: dict, title: str = "") -> str:
+    lines = [title] if title else []
+    head = (f"{'set':16} {'row':12} {'PSNR':>6} {'SSIM':>6} {'PSNR box':>8} {'PSNR out':>8} {'T-ACC':>6} "
+            f"{'T-NED':>6}")
+    lines += [head, "-" * len(head)]
+    for kind, t in tables.items():
+        for key, r in t["rows"].items():
+            lines.append(f"{kind + ' (' + str(t['n']) + ')':16} {key:12} {_f(r['psnr'], 2):>6} {_f(r['ssim']):>6} "
+                         f"{_f(r.get('psnr_in_box'), 2):>8} {_f(r.get('psnr_out_box'), 2):>8} "
+                         f"{_f(r.get('t_acc')):>6} {_f(r.get('t_ned')):>6}")
+    lines.append("T-ACC/T-NED: RapidOCR recognition on padded ground-truth box crops vs the ground-truth "
+                 "text, case-insensitive (TokBench crop protocol, case-insensitive variant)")
+    return "\n".join(lines)
+
+
 def _model_info(model) -> dict:
     info = {}
     for k in ("family", "image_size", "num_tokens", "token_dim", "codebook_size", "num_classes"):
@@ -188,22 +316,31 @@ def evaluate_generator(gen, tok, *, n_per_class: int = 16, classes: Optional[Seq
         if texts is not None:
             run["reads_word"] = float(np.mean([r["reads_word"] for r in per_class.values()]))
         res["runs"][key] = run
-    if reference and words and list(words) == list(ts.CLASS_WORDS):
-        res["real"] = _real_reference(tok, classes, n_per_class, seed, ocr, progress)
+    from .data import textscenes2 as ts2
+    if reference and words and list(words) in (list(ts.CLASS_WORDS), list(ts2.CLASS_WORDS)):
+        res["real"] = _real_reference(tok, classes, n_per_class, seed, ocr, progress,
+                                      v2=list(words) == list(ts2.CLASS_WORDS))
     return res
 
 
-def _real_reference(tok, classes, n_per_class, seed, ocr, progress) -> dict:
-    """The same figures for real held-out textscenes images (per class), at the tokenizer's size."""
+def _real_reference(tok, classes, n_per_class, seed, ocr, progress, v2: bool = False) -> dict:
+    """The same figures for real textscenes images of each class (v2: the class mode of the
+    training split, the generators' data; v1: the held-out split), at the tokenizer's size."""
+    from .data import textscenes2 as ts2
+    words = ts2.CLASS_WORDS if v2 else ts.CLASS_WORDS
     per_class = {}
     for c in tqdm(classes, desc="real reference", unit="class", leave=False, disable=not progress):
-        imgs = [ts.render_sample(ts.split_seed("heldout", seed), 10_000 + c * n_per_class + j, label=c).image
-                for j in range(n_per_class)]
+        if v2:
+            imgs = [ts2.render_scene(seed, 10_000 + c * n_per_class + j, mode="class", label=c).image
+                    for j in range(n_per_class)]
+        else:
+            imgs = [ts.render_sample(ts.split_seed("heldout", seed), 10_000 + c * n_per_class + j, label=c).image
+                    for j in range(n_per_class)]
         x = _resize(ts.to_tensor(np.stack(imgs)), int(tok.image_size))
         row = dict(diversity=metrics.diversity(x))
         if ocr is not None:
-            row["reads_word"] = float(np.mean([ocr.reads_word(ocr.read_string(im), ts.CLASS_WORDS[c]) for im in x]))
-        per_class[ts.CLASS_WORDS[c]] = row
+            row["reads_word"] = float(np.mean([ocr.reads_word(ocr.read_string(im), words[c]) for im in x]))
+        per_class[words[c]] = row
     out = dict(per_class=per_class, diversity=float(np.mean([r["diversity"] for r in per_class.values()])))
     if ocr is not None:
         out["reads_word"] = float(np.mean([r["reads_word"] for r in per_class.values()]))
@@ -213,7 +350,7 @@ def _real_reference(tok, classes, n_per_class, seed, ocr, progress) -> dict:
 def evaluate(tokenizer, generator=None, *, n: int = 200, photos: Optional[int] = None,
              n_per_class: int = 16, classes: Optional[Sequence[int]] = None, cfg: Optional[float] = None,
              steps: Optional[int] = None, seed: int = 0, batch_size: int = 32, use_ocr: bool = True,
-             device=None, progress: bool = True) -> dict:
+             device=None, progress: bool = True, tables: bool = True) -> dict:
     """Load (if given sources) and evaluate; returns the results dict."""
     from . import load_generator, load_tokenizer
 
@@ -224,6 +361,9 @@ def evaluate(tokenizer, generator=None, *, n: int = 200, photos: Optional[int] =
                seed=seed, ocr=bool(use_ocr))
     res.update(evaluate_tokenizer(tok, n, photos, seed=seed, batch_size=batch_size, use_ocr=use_ocr,
                                   progress=progress))
+    if tables:
+        res["tables"] = evaluate_tables(tok, n, photos, seed=seed, batch_size=batch_size, use_ocr=use_ocr,
+                                        progress=progress)
     if generator is not None:
         gen = generator if isinstance(generator, torch.nn.Module) else load_generator(generator, device=device)
         gen.eval()
@@ -247,6 +387,8 @@ def format_table(res: dict) -> str:
     tok = res.get("tokenizer", {})
     lines.append(f"tokenizer {res.get('tokenizer_source') or ''} ({tok.get('family', '?')}, "
                  f"{tok.get('num_tokens', '?')} tokens, {res.get('image_size')} px)")
+    if res.get("tables"):
+        lines += [format_tables(res["tables"]), "", "whole-image OCR (reconstruction vs input):"]
     head = f"{'set':12} {'n':>5} {'PSNR':>7} {'SSIM':>6} {'T-ACC':>6} {'T-NED':>6} {'word acc':>8} {'input word acc':>14}"
     lines += [head, "-" * len(head)]
     for key in ("textscenes", "photos"):
@@ -309,6 +451,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--no-ocr", action="store_true", help="skip OCR (PSNR/SSIM/diversity only)")
+    p.add_argument("--no-tables", action="store_true", help="skip the per-set tables with bicubic baselines")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -323,7 +466,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         res = evaluate(args.tokenizer, args.generator, n=args.n, photos=args.photos,
                        n_per_class=args.n_per_class, classes=_parse_classes(args.classes), cfg=args.cfg,
                        steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                       use_ocr=not args.no_ocr, device=args.device, progress=not args.quiet)
+                       use_ocr=not args.no_ocr, device=args.device, progress=not args.quiet,
+                       tables=not args.no_tables)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

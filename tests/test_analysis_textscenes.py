@@ -9,7 +9,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED = ["textscenes-softvq-32", "textscenes-titok-32"]
+EMBEDDED = ["textscenes-softvq-32", "textscenes-titok-128"]
 
 
 def _available(name: str) -> bool:

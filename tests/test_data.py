@@ -255,3 +255,118 @@ def test_to_model_input_and_back():
     x, _ = di.to_model_input(s.pil(), 128)
     assert np.array_equal(np.asarray(di.to_pil(x)), s.image)
     assert np.array_equal(np.asarray(di.to_pil(x[0])), s.image)
+
+
+# ----------------------------------------------------------------------------- textscenes v2
+from softvq_demo.data import assets as da  # noqa: E402
+from softvq_demo.data import textscenes2 as ts2  # noqa: E402
+
+HELDOUT = ts2.SPLIT_OFFSETS["heldout"]
+
+
+@pytest.fixture(scope="module")
+def fake_bank(tmp_path_factory):
+    """A bank folder whose fonts are the repository's DejaVu files filed under a training
+    package and under two reserved packages, so the split logic is tested without the real bank."""
+    root = tmp_path_factory.mktemp("bank")
+    fonts = []
+    for pkg, names in (("fonts-dejavu-core", ts.FONT_FILES[:3]), ("fonts-urw-base35", ts.FONT_FILES[3:4]),
+                       ("fonts-cantarell", ts.FONT_FILES[4:])):
+        (root / "fonts" / pkg).mkdir(parents=True)
+        for n in names:
+            (root / "fonts" / pkg / n).write_bytes(ts._font_path(n).read_bytes())
+            fonts.append(dict(package=pkg, file=f"fonts/{pkg}/{n}", name=n.rsplit(".", 1)[0]))
+    words = ["lantern", "harbor", "quartz", "meadow", "violet", "copper", "ember", "sable", "tundra", "orbit",
+             "pebble", "kettle", "saffron", "walrus", "thistle", "cobalt", "gravel", "juniper", "marble", "nectar"]
+    (root / "words.txt").write_text("\n".join(words) + "\n")
+    (root / "manifest.json").write_text(__import__("json").dumps(
+        dict(fonts=fonts, photos=[], graphics=[], words=dict(package="test", file="words.txt", count=len(words)))))
+    return ts2.Bank(root)
+
+
+def _alpha_tokens(text: str) -> list[str]:
+    import re
+    return re.findall(r"[A-Za-z]+", text)
+
+
+def test_v2_deterministic_and_varied(fake_bank):
+    a, b = ts2.render_scene(5, 9, bank=fake_bank), ts2.render_scene(5, 9, bank=fake_bank)
+    assert a.image.tobytes() == b.image.tobytes() and np.array_equal(a.line_mask, b.line_mask)
+    assert (a.text, a.boxes, a.font) == (b.text, b.boxes, b.font)
+    others = {ts2.render_scene(5, i, bank=fake_bank).image.tobytes() for i in range(10, 16)}
+    assert a.image.tobytes() not in others and len(others) == 6
+    scenes = [ts2.render_scene(0, i, bank=fake_bank) for i in range(30)]
+    assert len({s.text for s in scenes}) >= 27 and len({len(s.lines) for s in scenes}) >= 2
+    assert any(any(c.isdigit() for c in s.text) for s in scenes)
+    assert any(s.text != s.text.lower() for s in scenes) and any(s.text != s.text.upper() for s in scenes)
+    caps = [s.cap_height for s in scenes]
+    assert min(caps) < 14 and max(caps) > 24  # small and large text
+
+
+def test_v2_masks_and_boxes_match_the_rendered_text(fake_bank):
+    for i in range(12):
+        s = ts2.render_scene(7, i, bank=fake_bank, degrade=False)
+        bare = ts2.render_scene(7, i, bank=fake_bank, degrade=False, draw_text=False)
+        assert np.array_equal(s.mask, bare.mask) and s.boxes == bare.boxes
+        assert np.array_equal(s.mask, s.line_mask > 0) and s.text == "\n".join(s.lines)
+        diff = np.abs(s.image.astype(int) - bare.image.astype(int)).sum(-1)
+        assert (diff[s.mask] > 0).mean() > 0.7, i
+        # away from the mask (coverage >= 5%) nothing changes by more than that coverage could
+        grown = torch.nn.functional.max_pool2d(torch.from_numpy(s.mask).float()[None, None], 3, 1, 1)[0, 0]
+        assert diff[~grown.bool().numpy()].max() <= 3 * 0.05 * 255 + 3, i
+        for k, box in enumerate(s.boxes, 1):  # each box is its line's tight bounding box
+            ys, xs = np.nonzero(s.line_mask == k)
+            assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_v2_reserved_fonts_only_in_the_heldout_split(fake_bank):
+    assert {f.package for f in fake_bank.fonts["train"]} == {"fonts-dejavu-core"}
+    assert fake_bank.unseen_fonts
+    for i in range(20):
+        assert ts2.render_scene(1, i, bank=fake_bank).font_package not in ts2.RESERVED_FONT_PACKAGES
+        assert ts2.render_scene(1, i, bank=fake_bank, mode="class").font_package not in ts2.RESERVED_FONT_PACKAGES
+        assert ts2.render_scene(HELDOUT + 1, i, bank=fake_bank).font_package in ts2.RESERVED_FONT_PACKAGES
+    real = ts2.get_bank()  # the real bank when built (.carry/textscenes), else the fallback
+    assert not {f.package for f in real.fonts["train"]} & set(ts2.RESERVED_FONT_PACKAGES)
+
+
+def test_v2_heldout_words_are_disjoint_from_training_words(fake_bank):
+    train_words, held_words = set(fake_bank.words["train"]), set(fake_bank.words["heldout"])
+    assert train_words and not train_words & held_words
+    for i in range(30):
+        for t in _alpha_tokens(ts2.render_scene(2, i, bank=fake_bank).text):
+            assert not ts2.is_heldout_word(t), t
+        for t in _alpha_tokens(ts2.render_scene(HELDOUT + 2, i, bank=fake_bank).text):
+            assert ts2.is_heldout_word(t), t
+    assert len(ts2.CLASS_WORDS) >= 50 and len(set(ts2.CLASS_WORDS)) == len(ts2.CLASS_WORDS)
+    assert not any(ts2.is_heldout_word(w) for w in ts2.CLASS_WORDS)
+
+
+def test_v2_class_mode_renders_the_class_word(fake_bank):
+    ds = ts2.TextScenes2("train", mode="class", bank=fake_bank)
+    labels = [ds.sample(i).label for i in range(ts2.NUM_CLASSES)]
+    assert sorted(labels) == list(range(ts2.NUM_CLASSES))  # balanced blocks
+    item = ds[3]
+    assert item["text"].lower() == ts2.CLASS_WORDS[item["label"]] and item["boxes"].shape == (1, 4)
+    assert item["image"].shape == (3, 128, 128) and item["mask"].dtype == torch.bool
+
+
+def test_v2_bank_builder_subsets_fonts_and_keeps_photos(tmp_path):
+    import subprocess
+    if not __import__("shutil").which("dpkg-deb"):
+        pytest.skip("dpkg-deb not installed")
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text("Package: fonts-test\nVersion: 1\nArchitecture: all\n"
+                                            "Maintainer: t <t@t>\nDescription: t\n")
+    (pkg / "usr/share/fonts/truetype/t").mkdir(parents=True)
+    (pkg / "usr/share/fonts/truetype/t" / "DejaVuSans.ttf").write_bytes(ts._font_path("DejaVuSans.ttf").read_bytes())
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "-b", str(pkg), str(debs / "fonts-test_1_all.deb")], check=True,
+                   capture_output=True)
+    m = da.build(debs, tmp_path / "bank")
+    assert [f["package"] for f in m["fonts"]] == ["fonts-test"]
+    bank = ts2.Bank(tmp_path / "bank")
+    assert bank.complete and len(bank.fonts["train"]) == 1
+    assert ts2.render_scene(0, 0, bank=bank).font_package == "fonts-test"

@@ -34,7 +34,7 @@ from test_app import launch, stop  # noqa: E402  (shared launcher: tests/ is on 
 
 ROOT = Path(__file__).resolve().parent.parent
 CK = ROOT / "checkpoints"
-SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-32", "textscenes-sit", "textscenes-maskgit"
+SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-128", "textscenes-sit", "textscenes-maskgit"
 N_CLIENTS = 16
 N_REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", 500))
 CACHE_TTL = int(os.environ.get("RELIABILITY_CACHE_TTL", 30))   # SOFTVQ_CACHE_TTL of the server (s)

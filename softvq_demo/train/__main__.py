@@ -1,10 +1,10 @@
 """Training CLI for the embedded textscenes models.
 
     python -m softvq_demo.train tokenizer --family softvq --out checkpoints/textscenes-softvq-32 --minutes 8
-    python -m softvq_demo.train tokenizer --family titok  --out checkpoints/textscenes-titok-32 --minutes 8
+    python -m softvq_demo.train tokenizer --family titok  --tokens 128 --out checkpoints/textscenes-titok-128 --minutes 8
     python -m softvq_demo.train generator --family sit     --tokenizer checkpoints/textscenes-softvq-32 \
         --out checkpoints/textscenes-sit --minutes 8
-    python -m softvq_demo.train generator --family maskgit --tokenizer checkpoints/textscenes-titok-32 \
+    python -m softvq_demo.train generator --family maskgit --tokenizer checkpoints/textscenes-titok-128 \
         --out checkpoints/textscenes-maskgit --minutes 8
     torchrun --nproc_per_node 4 -m softvq_demo.train tokenizer ...        # DDP over 4 GPUs
 
@@ -40,6 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--log-every", type=int, default=100)
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (eager if it fails)")
+    g.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"],
+                   help="dtype of the exported model.safetensors (fp16 halves the file; loaders "
+                        "copy it into fp32 models)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
     o.add_argument("--lr", type=float, default=4e-4)
@@ -74,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--l2-weight", type=float, default=1.0)
     l.add_argument("--grad-weight", type=float, default=0.5, help="L1 on image gradients")
     l.add_argument("--entropy-weight", type=float, default=0.01, help="SoftVQ entropy term")
-    l.add_argument("--aux-weight", type=float, default=0.5,
-                   help="class-word prediction from the tokens (training-only head; 0: off)")
     l.add_argument("--commit", type=float, default=0.25, help="TiTok commitment beta")
     l.add_argument("--vq-weight", type=float, default=1.0, help="TiTok codebook+commitment weight")
     l.add_argument("--restart-every", type=int, default=200, help="TiTok dead-code restart period")
@@ -98,9 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--guidance-scale", type=float, default=3.0, help="MaskGIT default CFG scale")
     l.add_argument("--guidance-decay", default="linear", help="MaskGIT CFG schedule")
     l.add_argument("--temperature", type=float, default=2.0, help="MaskGIT randomize_temperature")
-    l.add_argument("--export-dtype", default="fp32", choices=["fp32", "fp16"],
-                   help="dtype of the exported model.safetensors (fp16 halves the file; loaders "
-                        "copy it into fp32 models)")
     return parser
 
 

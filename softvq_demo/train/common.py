@@ -107,11 +107,12 @@ def autocast(device: torch.device):
 
 # --------------------------------------------------------------------------- data
 class _RenderSet(torch.utils.data.Dataset):
-    """textscenes samples as compact tensors: uint8 image 3×S×S, bool mask S×S, int label."""
+    """textscenes v2 samples as compact tensors: uint8 image 3×S×S, bool mask S×S, int label
+    (the class id in ``mode="class"``, -1 in the open-vocabulary ``mode="open"``)."""
 
-    def __init__(self, image_size: int, seed: int, split: str = "train"):
-        from ..data.textscenes import TextScenes
-        self.ds = TextScenes(split, image_size=image_size, seed=seed)
+    def __init__(self, image_size: int, seed: int, split: str = "train", mode: str = "open"):
+        from ..data.textscenes2 import TextScenes2
+        self.ds = TextScenes2(split, image_size=image_size, seed=seed, mode=mode)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -141,16 +142,16 @@ class RenderStream:
     ``start`` is this rank's count of samples already consumed in earlier runs (resume)."""
 
     def __init__(self, image_size: int, batch_size: int, workers: int, d: Dist, *, start: int = 0,
-                 seed: int = 0, queue_size: int = 64):
-        from ..data.textscenes import warm_cache
-        warm_cache(image_size)  # decode photos once; forked workers inherit the cache
+                 seed: int = 0, queue_size: int = 64, mode: str = "open"):
+        from ..data.textscenes2 import warm_cache
+        warm_cache(image_size)  # decode photos, measure fonts once; forked workers inherit the cache
         self.batch_size = batch_size
         self.consumed = start  # samples of this rank handed to the trainer
         sampler = _EndlessSampler(start * d.world, d.rank, d.world)
         kwargs = dict(num_workers=workers, pin_memory=d.device.type == "cuda")
         if workers > 0:
             kwargs.update(prefetch_factor=4, persistent_workers=False)
-        self.loader = torch.utils.data.DataLoader(_RenderSet(image_size, seed), batch_size=batch_size,
+        self.loader = torch.utils.data.DataLoader(_RenderSet(image_size, seed, mode=mode), batch_size=batch_size,
                                                   sampler=sampler, **kwargs)
         self.queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()

@@ -90,6 +90,7 @@ def bert_init(module: nn.Module) -> None:
 
 class SiTTrainer(Trainer):
     compile_targets = ("",)
+    data_mode = "class"
 
     def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
@@ -104,6 +105,7 @@ class SiTTrainer(Trainer):
 
 class MaskGITTrainer(Trainer):
     compile_targets = ("",)
+    data_mode = "class"
 
     def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
@@ -146,7 +148,7 @@ def build_generator(args: argparse.Namespace, tok: nn.Module, class_names: list[
 
 
 def train_generator(args: argparse.Namespace, d: Dist) -> dict:
-    from ..data.textscenes import CLASS_WORDS
+    from ..data.textscenes2 import CLASS_WORDS
 
     tok = load_tokenizer(args.tokenizer, device=d.device)
     class_names = list(CLASS_WORDS)

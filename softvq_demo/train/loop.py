@@ -23,6 +23,7 @@ class Trainer(nn.Module):
 
     model: nn.Module
     compile_targets: tuple[str, ...] = ()   # submodules of ``model`` that --compile compiles
+    data_mode: str = "open"                 # textscenes v2 mode: "open" text or one "class" word
 
     def enable_compile(self) -> None:
         """torch.compile the heavy submodules; kept outside the module tree (plain dict), so state
@@ -76,7 +77,7 @@ def fit(trainer: Trainer, args: argparse.Namespace, d: Dist, *, image_size: int,
 
     per_rank = max(1, args.batch_size // d.world)
     stream = RenderStream(image_size, args.render_batch, args.workers, d, start=int(state["consumed"]),
-                          seed=args.seed)
+                          seed=args.seed, mode=trainer.data_mode)
     replay = GPUReplay(args.buffer, replay_fields, device)
     rng = torch.Generator(device=device)
     rng.manual_seed(args.seed * 7919 + 1000 * d.rank + step0)

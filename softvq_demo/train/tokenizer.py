@@ -1,10 +1,10 @@
-"""Train a SoftVQ-VAE or a TiTok (VQ) tokenizer on textscenes.
+"""Train a SoftVQ-VAE or a TiTok (VQ) tokenizer on textscenes v2 (open vocabulary).
 
 SoftVQ: every token is softmax(ẑ·c / τ)-weighted codewords (l2-normalised), trained end to end
-with text-weighted L1 + L2 (+ L1 on image gradients), the SoftVQ entropy term (per-token entropy
-down, codebook-average entropy up) and, in place of the paper's alignment to a pretrained image
-encoder (none is available offline), a training-only linear head that predicts the class word
-from the mean token.
+with text-weighted L1 + L2 (+ L1 on image gradients) and the SoftVQ entropy term (per-token
+entropy down, codebook-average entropy up). The paper's alignment to a pretrained image encoder
+is left out (none is available offline), and so is any classifier on the tokens: the text is
+open-vocabulary, so the tokens can only learn how letters look, through the pixels.
 
 TiTok: nearest l2-normalised codeword with the straight-through estimator, codebook + commitment
 losses, dead codewords restarted from recent encoder outputs, non-legacy direct pixel head.
@@ -101,29 +101,15 @@ def _to_images(u8: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- trainers
-def aux_head(num_tokens: int, dim: int, num_classes: int, hidden: int = 256) -> nn.Module:
-    """Training-only word classifier over all (quantized) tokens, our stand-in for the paper's
-    alignment to a pretrained encoder: it makes the tokens carry the word's identity."""
-    return nn.Sequential(nn.Flatten(1), nn.LayerNorm(num_tokens * dim), nn.Linear(num_tokens * dim, hidden),
-                         nn.GELU(), nn.Linear(hidden, num_classes))
-
-
-def _aux_loss(head: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    logits = head(tokens.float())
-    return dict(aux_ce=F.cross_entropy(logits, labels),
-                aux_acc=(logits.argmax(-1) == labels).float().mean().detach())
-
-
 class SoftVQTrainer(Trainer):
     compile_targets = ("encoder", "decoder")
 
-    def __init__(self, model: nn.Module, args: argparse.Namespace, num_classes: int):
+    def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
         self.model = model
         self.args = args
         # The decoder ViT's patch embedding exists (official layout) but is never used.
         model.decoder.model.patch_embed.requires_grad_(False)
-        self.aux = aux_head(model.num_tokens, model.token_dim, num_classes) if args.aux_weight > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m, a = self.model, self.args
@@ -138,9 +124,6 @@ class SoftVQTrainer(Trainer):
                                   l2_weight=a.l2_weight, grad_weight=a.grad_weight)
         out.update(soft_vq_entropy_loss(probs, m.num_codebooks))
         loss = out["rec"] + a.entropy_weight * out["entropy"]
-        if self.aux is not None:
-            out.update(_aux_loss(self.aux, zq, batch["label"]))
-            loss = loss + a.aux_weight * out["aux_ce"]
         with torch.no_grad():
             out["max_prob"] = probs.max(dim=-1).values.mean()
         out["loss"] = loss
@@ -150,11 +133,10 @@ class SoftVQTrainer(Trainer):
 class TiTokTrainer(Trainer):
     compile_targets = ("encoder", "decoder")
 
-    def __init__(self, model: nn.Module, args: argparse.Namespace, num_classes: int):
+    def __init__(self, model: nn.Module, args: argparse.Namespace):
         super().__init__()
         self.model = model
         self.args = args
-        self.aux = aux_head(model.num_tokens, model.token_dim, num_classes) if args.aux_weight > 0 else None
         v = model.codebook_size
         self.register_buffer("usage", torch.zeros(v), persistent=False)
         self.recent: Optional[torch.Tensor] = None
@@ -178,9 +160,6 @@ class TiTokTrainer(Trainer):
         out.update(reconstruction_loss(recon, x, batch["mask"], text_weight=a.text_weight,
                                        l2_weight=a.l2_weight, grad_weight=a.grad_weight))
         loss = out["rec"] + a.vq_weight * out["vq"]
-        if self.aux is not None:
-            out.update(_aux_loss(self.aux, z_st, batch["label"]))
-            loss = loss + a.aux_weight * out["aux_ce"]
         with torch.no_grad():
             counts = torch.bincount(idx, minlength=m.codebook_size).float()
             self.usage += counts
@@ -218,10 +197,10 @@ class TiTokTrainer(Trainer):
 @torch.no_grad()
 def heldout_psnr(model: nn.Module, n: int, device: torch.device, image_size: int) -> dict[str, float]:
     """PSNR (whole image and inside the text mask) on the first ``n`` held-out textscenes images."""
-    from ..data.textscenes import TextScenes
+    from ..data.textscenes2 import TextScenes2
     from .common import autocast
 
-    ds = TextScenes("heldout", image_size=image_size)
+    ds = TextScenes2("heldout", image_size=image_size)
     model.eval()
     mse_all, mse_text, total = 0.0, 0.0, 0
     for start in range(0, n, 64):
@@ -282,6 +261,8 @@ def make_export(args: argparse.Namespace, d: Dist):
             result.update(vq_mean=mean, vq_std=std)
         if info["final"] and args.eval_n > 0 and "heldout" not in result:
             result["heldout"] = {"model": heldout_psnr(model, args.eval_n, device, model.image_size)}
+        if getattr(args, "export_dtype", "fp32") == "fp16":
+            model = model.half()  # half the file; loaders copy it into fp32 models
         save_pretrained(model, out)
         raw.train(raw_mode)
         return result
@@ -294,20 +275,43 @@ def build_tokenizer(args: argparse.Namespace) -> nn.Module:
     model = build_model(config, "tokenizer")
     if args.init_from:
         src = load_tokenizer(args.init_from, device="cpu")
-        model.load_state_dict(src.state_dict(), strict=False)
-        model.config.update({k: v for k, v in src.config.items() if k in ("vq_mean", "vq_std")})
+        model.load_state_dict(init_state(model, src), strict=True)
     return model
 
 
-def train_tokenizer(args: argparse.Namespace, d: Dist) -> dict:
-    from ..data.textscenes import NUM_CLASSES
+def init_state(model: nn.Module, src: nn.Module, noise: float = 0.02) -> dict[str, torch.Tensor]:
+    """``model``'s state dict filled from ``src`` (a trained tokenizer of the same family): equal
+    shapes are copied; tensors that differ only along a token axis (``src.num_tokens`` →
+    ``model.num_tokens``: latent tokens and their position embeddings) are tiled along it, with
+    a little noise so that the copies do not stay identical; anything else keeps its fresh init."""
+    own, theirs = model.state_dict(), src.state_dict()
+    n_old, n_new = int(src.num_tokens), int(model.num_tokens)
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for k, v in own.items():
+        w = theirs.get(k)
+        if w is not None and w.shape == v.shape:
+            out[k] = w.to(v.dtype)
+            continue
+        if w is not None and w.ndim == v.ndim:
+            diff = [i for i, (a, b) in enumerate(zip(w.shape, v.shape)) if a != b]
+            if len(diff) == 1 and w.shape[diff[0]] == n_old and v.shape[diff[0]] == n_new:
+                reps = [1] * v.ndim
+                reps[diff[0]] = -(-n_new // n_old)
+                tiled = w.float().repeat(*reps).narrow(diff[0], 0, n_new)
+                out[k] = (tiled + noise * tiled.std() * torch.randn(tiled.shape, generator=gen)).to(v.dtype)
+                continue
+        out[k] = v
+    return out
 
+
+def train_tokenizer(args: argparse.Namespace, d: Dist) -> dict:
     model = build_tokenizer(args)
     if d.is_main:
         n = sum(t.numel() for t in model.state_dict().values())
         print(f"{args.family} tokenizer: {n / 1e6:.2f}M parameters ({n * 4 / 2**20:.1f} MiB fp32), "
               f"{model.num_tokens} tokens × {model.token_dim}, codebook {model.codebook_size}", flush=True)
-    trainer = (SoftVQTrainer if args.family == "softvq" else TiTokTrainer)(model, args, NUM_CLASSES)
+    trainer = (SoftVQTrainer if args.family == "softvq" else TiTokTrainer)(model, args)
     s = model.image_size
     fields = {"image": ((3, s, s), torch.uint8), "mask": ((s, s), torch.bool), "label": ((), torch.long)}
 
