@@ -50,8 +50,10 @@ import torch
 
 from ..released import TITOK, softvq_config, titok_config
 from ..sampling import fast as fastmod
+from ..sampling.fast import sit as fast_sit
 from ..sampling.flow import sample_flow, time_grid
 from ..sampling.settings import SIT_DEFAULTS, SIT_PAPER
+from .legacy import previous_blocks
 
 # --------------------------------------------------------------------------- configurations
 # SiT cases: (name, image px, tokens, token dim, 1D/2D)
@@ -313,7 +315,7 @@ class Bench:
             kw = {}
             if config == "fast":  # the adaLN-table choice of the full runs this extrapolates to
                 steps = max(o["steps"] for o in self.settings.values())
-                kw["precompute"] = fastmod.use_table(fastmod.sit_fast(gen), batch, steps)
+                kw["precompute"] = fast_sit.use_table(fastmod.sit_fast(gen), batch, steps)
             t0 = time.perf_counter()
             t = self.timeit(lambda: fn(gen, noise, y, opts, **kw), reps=reps, warmup=warm)
             if config == "fast" and warm:
@@ -436,13 +438,13 @@ class Bench:
                 self.notes.append(f"A/B '{label}': skipped (budget)")
                 continue
             fastmod.sit_fast(gen).runners.clear()
-            fastmod.LEGACY_BLOCKS = legacy
+            layout = previous_blocks(fastmod.sit_fast(gen)) if legacy else nullcontext()
             try:
-                t0 = time.perf_counter()
-                self.run_fast(gen, noise, y, opts, **kw)  # compile (legacy blocks) and capture
-                t = self.timeit(lambda: self.run_fast(gen, noise, y, opts, **kw), reps=2, warmup=0)
+                with layout:
+                    t0 = time.perf_counter()
+                    self.run_fast(gen, noise, y, opts, **kw)  # compile (legacy blocks) and capture
+                    t = self.timeit(lambda: self.run_fast(gen, noise, y, opts, **kw), reps=2, warmup=0)
             finally:
-                fastmod.LEGACY_BLOCKS = False
                 fastmod.sit_fast(gen).runners.clear()
             row = self.sit_row(net, "fast", b, setting, None, flops_row, measured_s=t,
                                note=f"A/B: {label}", record=False)
@@ -559,7 +561,7 @@ class Bench:
             self.notes.append(f"batch-1 50-step run without torch.compile (bf16 + graphs + table): "
                               f"{1000 * t_nc / opts['steps']:.2f} ms/step")
             self.log(f"  {self.notes[-1]}")
-            fastmod._SIT_CACHE.get(gen, ("sit", True, None), lambda: fast)  # keep the compiled copy
+            fast_sit._SIT_CACHE.get(gen, ("sit", True, None), lambda: fast)  # keep the compiled copy
         self.save()
 
     def large_batch(self, gen, flops_row, net) -> None:
@@ -576,14 +578,14 @@ class Bench:
                     ">= 0.55", frac_g >= 0.55 if not self.tiny else None)
         self.notes.append(f"B={b} 64 tok: guided step {1000 * times['t_g']:.1f} ms ({100 * frac_g:.0f}% "
                           f"peak), unguided {1000 * times['t_u']:.1f} ms ({100 * frac_u:.0f}% peak)")
-        if self.cuda and fastmod.GELU_EPILOGUE and self.args.ablations and self.left() > 120:
+        if self.cuda and fast_sit.GELU_EPILOGUE and self.args.ablations and self.left() > 120:
             def ab():
                 fastmod.sit_fast(gen).runners.clear()  # captured graphs hold the old kernels
-                fastmod.GELU_EPILOGUE = False
+                fast_sit.GELU_EPILOGUE = False
                 try:
                     t_off = self.step_times("fast", gen, flops_row, b)
                 finally:
-                    fastmod.GELU_EPILOGUE = True
+                    fast_sit.GELU_EPILOGUE = True
                     fastmod.sit_fast(gen).runners.clear()
                 self.notes.append(f"B={b} 64 tok, fc1 GELU as a separate fused kernel instead of the "
                                   f"cuBLASLt epilogue: guided {1000 * t_off['t_g']:.1f} ms, unguided "
