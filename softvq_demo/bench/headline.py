@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..sampling import fast as fastmod
-from .gpu import SETTINGS, build_sit
+from .cases import SETTINGS, build_sit
 from .legacy import previous_blocks
 
 
