@@ -20,6 +20,7 @@ from torch import nn
 from .device import DeviceLike, resolve_device
 from .models import build_model, detect_family
 from .models.base import Generator, Tokenizer
+from .models.maskgit_vqgan import PixelDecoder
 
 # Far above SoftVQ-L (~600M with its training-only DINOv2) and SiT-XL (~675M); below anything that
 # would exhaust a Space's memory. A config beyond it is treated as a memory bomb.
@@ -446,3 +447,23 @@ def save_pretrained(model: nn.Module, folder: PathLike, readme: Optional[str] = 
     if readme is not None:
         (folder / "README.md").write_text(readme)
     return folder
+
+
+def load_pixel_decoder(folder: PathLike, device: DeviceLike = "cpu") -> PixelDecoder:
+    """Load a standalone MaskGIT-VQGAN pixel decoder folder (``config.json`` = its conf, plus one
+    safetensors state dict), strictly: any missing, unexpected or mis-shaped tensor is an error
+    naming it."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    conf = read_config(folder)
+    try:
+        with torch.device("meta"):
+            model = PixelDecoder(conf)
+    except ValueError as err:
+        raise CheckpointError(f"{folder}: {err}") from err
+    path = weight_file(folder)
+    check_keys(model, read_header(path), str(path))
+    model = model.to_empty(device=device)
+    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    return model.eval().requires_grad_(False)

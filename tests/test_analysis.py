@@ -175,7 +175,7 @@ def test_pictures_and_figures(tiny):
     assert ratio == pytest.approx(64 * 64 * 3 * 8 / (16 * 8 * 16)) and "bits" in how
     heat = pictures.colorize(torch.rand(5, 7))
     assert heat.shape == (5, 7, 3) and heat.dtype == np.uint8
-    res = A.ablate_tokens(tiny, enc.latents[0])
+    res = A.ablate_tokens(tiny, enc.latents[0], "zero")
     grid = pictures.map_grid(res.maps)
     assert grid.shape == (4 * 66 + 2, 4 * 66 + 2, 3)
     fig = A.effect_bar_figure(res.effect, selected=3)
@@ -305,7 +305,7 @@ def test_text_token_ranking_finds_the_tokens_that_break_ocr(toy):
     assert read(pictures.to_uint8(keep)) == "AB" and read(pictures.to_uint8(drop)) == "??"
     T.text_effect_figure(res)
     # without OCR the pixel ranking alone finds them too
-    res2 = T.analyze_text_tokens(toy, lat, mask)
+    res2 = T.analyze_text_tokens(toy, lat, mask, mode="zero")
     assert sorted(res2.ranking()[:2]) == [5, 6]
 
 
@@ -314,7 +314,7 @@ def test_text_profile_over_a_dataset(toy):
     masks = torch.zeros(4, 16, 16, dtype=torch.bool)
     masks[:, 0:4, 8:16] = True          # text always in blocks 2 and 3
     masks[3] = False                    # an image without text is skipped
-    prof = T.text_profile(toy, x, masks)
+    prof = T.text_profile(toy, x, masks, mode="zero")
     assert prof.num_images == 3
     assert set(prof.ranking()[:2]) == {2, 3}
     freq = prof.text_rank_frequency(top=2)

@@ -3,25 +3,17 @@ gradio_client, checking real outputs and that bad inputs give readable errors, n
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import launch, stop  # noqa: F401  (the launcher lives in conftest; kept importable here)
+
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("gradio_client")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow  # a live server
 
 
 def tokenizer_b(reference: Path):
@@ -77,55 +69,18 @@ def make_images(folder: Path) -> dict:
     return out
 
 
-def launch(args: list, tmp: Path, env: dict | None = None):
-    """Start app.py with ``args`` (and extra ``env``) on a free port; returns (process, client,
-    url, log path)."""
-    from gradio_client import Client
-
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    log_path = tmp / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *map(str, args), "--port", str(port),
-                             "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("app exited:\n" + log_path.read_text()[-3000:])
-        try:
-            return proc, Client(url, verbose=False, download_files=str(tmp / "dl")), url, log_path
-        except Exception:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("app did not start:\n" + log_path.read_text()[-3000:])
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
-def app(reference, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app")
-    files = make_images(tmp / "images")
+def app(reference, start_app):
+    files = make_images(start_app.tmp / "images")
     tok_a = reference / "softvq" / "tiny"
     tok_b = tokenizer_b(reference)
     gen = reference / "softvq" / "sit_tiny"
     args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen]
     if tok_b.name == "tiny_pixels":
         args += ["--generator", reference / "titok" / "maskgit_tiny"]
-    proc, client, url, log = launch(args, tmp)
-    yield {"client": client, "files": files, "url": url, "proc": proc, "log": log,
-           "a": tok_a.name, "b": tok_b.name, "gen": gen.name, "gen_b": "maskgit_tiny",
-           "n_a": 16}
-    stop(proc)
+    srv = start_app(args)
+    return {**srv, "files": files, "a": tok_a.name, "b": tok_b.name, "gen": gen.name,
+            "gen_b": "maskgit_tiny", "n_a": 16}
 
 
 def call(app, api, *args):

@@ -22,7 +22,9 @@ if not (Path(CHROME).exists() and Path(DRIVER).exists()):
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from test_app import app, launch, make_images, stop  # noqa: E402,F401  (app launchers)
+from test_app import app, make_images  # noqa: E402,F401  (the tiny-fixture app)
+
+pytestmark = pytest.mark.slow  # a live server and a browser
 
 SHOTS = Path(tempfile.mkdtemp(prefix="softvq-shots-"))
 
@@ -48,7 +50,7 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def ui_app(request, tmp_path_factory):
+def ui_app(request, start_app):
     """The tiny-fixture app; with SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
     its embedded models, for docs/screenshots/."""
     from softvq_demo.catalogue import embedded_available
@@ -61,8 +63,8 @@ def ui_app(request, tmp_path_factory):
         return
     from softvq_demo import load_tokenizer
 
-    tmp = tmp_path_factory.mktemp("embedded")
-    proc, client, url, log = launch([], tmp)
+    srv = start_app([])
+    tmp = srv.tmp
     gens = names.get("generator", [])  # may still be training: the Generate tab is then shown idle
     files = make_images(tmp / "images")
     examples = ROOT / "assets" / "examples"
@@ -70,11 +72,9 @@ def ui_app(request, tmp_path_factory):
                       ("img2", "moon_textscenes_00.png")):
         if (examples / name).is_file():
             files[key] = examples / name
-    yield {"client": client, "files": files, "url": url, "proc": proc,
-           "log": log, "a": names["tokenizer"][0], "b": names["tokenizer"][1], "gen": gens[0] if gens else None,
-           "gen_b": gens[1] if len(gens) > 1 else None,
+    yield {**srv, "files": files, "a": names["tokenizer"][0], "b": names["tokenizer"][1],
+           "gen": gens[0] if gens else None, "gen_b": gens[1] if len(gens) > 1 else None,
            "n_a": load_tokenizer(names["tokenizer"][0], device="cpu").num_tokens}
-    stop(proc)
 
 
 def wait(driver, cond, timeout=60, what="condition"):

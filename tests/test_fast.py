@@ -16,6 +16,8 @@ import torch
 from softvq_demo import load_generator, load_tokenizer, sample
 from softvq_demo.models.sit import SiT, sit_config
 from softvq_demo.sampling import fast
+from softvq_demo.sampling.fast import runtime, tokenizers
+from softvq_demo.sampling.fast import sit as fast_sit
 from softvq_demo.sampling.flow import sample_flow
 from softvq_demo.sampling.maskgit import sample_maskgit
 
@@ -194,9 +196,9 @@ def cpu_graphs(monkeypatch):
         self._warm_up(fn, reset)  # the real warm-up protocol
         return _ReplayByRerun(fn)
 
-    monkeypatch.setattr(fast._Graphs, "__init__", init)
-    monkeypatch.setattr(fast._Graphs, "_capture", capture)
-    monkeypatch.setattr(fast, "graphs_enabled", lambda device, graphs=None: True)
+    monkeypatch.setattr(runtime._Graphs, "__init__", init)
+    monkeypatch.setattr(runtime._Graphs, "_capture", capture)
+    monkeypatch.setattr(fast_sit, "graphs_enabled", lambda device, graphs=None: True)
 
 
 @pytest.mark.parametrize("precompute", [True, False])
@@ -218,19 +220,19 @@ def test_graph_runner_reused_for_a_new_kind_of_step(tiny_sit, cpu_graphs, precom
     fast.release(tiny_sit)
 
 
-def test_shifted_layernorm_blocks_equal_the_previous_layout(tiny_sit, monkeypatch):
+def test_shifted_layernorm_blocks_equal_the_previous_layout(tiny_sit):
     """Each block now ends with the next block's modulated LayerNorm; the previous layout
-    (LayerNorm at the start of each block, kept for the bench's A/B) computes the same."""
+    (LayerNorm at the start of each block, kept in bench/legacy.py for the A/B) computes the same."""
+    from softvq_demo.bench.legacy import previous_blocks
+
     noise = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([1, 7])
     opts = dict(steps=8, method="sde", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7, null_class=10)
     new = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(3), **opts)
     fast.release(tiny_sit)
-    monkeypatch.setattr(fast, "LEGACY_BLOCKS", True)
-    old = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(3), **opts)
-    vel = fast.sit_fast(tiny_sit).velocity(noise, torch.full((2,), 0.3), y)
-    fast.release(tiny_sit)
-    monkeypatch.setattr(fast, "LEGACY_BLOCKS", False)
+    with previous_blocks(fast.sit_fast(tiny_sit)) as legacy:
+        old = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(3), **opts)
+        vel = legacy.velocity(noise, torch.full((2,), 0.3), y)
     assert rel(new, old) < 1e-6
     assert rel(fast.sit_fast(tiny_sit).velocity(noise, torch.full((2,), 0.3), y), vel) < 1e-6
     assert rel(vel, tiny_sit(noise, torch.full((2,), 0.3), y)[:, :, :4]) < 1e-5
@@ -241,9 +243,9 @@ def test_attention_pick_and_table_limit_on_cpu(tiny_sit, monkeypatch):
     cpu = torch.device("cpu")
     assert fast.pick_attention(cpu, 64, 16, 72, torch.float32) is None  # PyTorch's own SDPA
     assert fast.sit_fast(tiny_sit).attn is None
-    assert fast.table_limit(cpu) == fast.MOD_TABLE_BYTES
+    assert fast_sit.table_limit(cpu) == fast_sit.MOD_TABLE_BYTES
     q, k, v = torch.randn(3, 2, 4, 8, 16).unbind(0)
-    assert torch.allclose(fast._attention(q, k, v, None),
+    assert torch.allclose(runtime._attention(q, k, v, None),
                           torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
@@ -255,8 +257,8 @@ def test_fast_tokenizer_precision_on_cuda(reference, monkeypatch, name, dtype):
     Checked by telling the fast path it is on CUDA (graphs off) and watching what it builds."""
     tok = load_tokenizer(reference / name, device="cpu")
     built = []
-    monkeypatch.setattr(fast, "module_device", lambda m: torch.device("cuda"))
-    monkeypatch.setattr(fast, "low_precision_copy", lambda m, dt, **kw: built.append(dt) or m)
+    monkeypatch.setattr(tokenizers, "module_device", lambda m: torch.device("cuda"))
+    monkeypatch.setattr(tokenizers, "low_precision_copy", lambda m, dt, **kw: built.append(dt) or m)
     ftok = fast.FastTokenizer(tok, compile=False, graphs=False)
     assert ftok.dtype == dtype and built == [dtype]
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from softvq_demo import CheckpointError, load_tokenizer
 from softvq_demo.loading import build_on_meta
 from softvq_demo.models import detect_family
-from softvq_demo.models.maskgit_vqgan import PixelDecoder, load_pixel_decoder
+from softvq_demo.loading import load_pixel_decoder
+from softvq_demo.models.maskgit_vqgan import PixelDecoder
 from softvq_demo.models.titok import TiTok, validate
 
 TOL = 1e-5

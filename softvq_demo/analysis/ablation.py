@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import plotly.graph_objects as go
 import torch
 
 from ..device import module_device
+from .baseline import DEFAULT_BASELINE, Baseline, default_baseline
 from .codec import decode, encode, sync
 
 REPLACEMENTS = ("zero", "mean", "noise", "other")
 REPLACEMENT_LABELS = {
     "zero": "zero vector",
-    "mean": "dataset mean token",
+    "mean": "per-position dataset mean token",
     "noise": "Gaussian noise",
     "other": "another image's token",
 }
@@ -137,6 +138,7 @@ class AblationResult:
     effect: torch.Tensor         # N, mean of maps[i]: how much token i changes the image
     seconds: float = 0.0
     extras: dict = field(default_factory=dict)
+    baseline_label: str = ""     # what the ablated tokens became, in words (for figure captions)
 
     @property
     def num_tokens(self) -> int:
@@ -147,19 +149,29 @@ class AblationResult:
         return [int(i) for i in torch.argsort(self.effect, descending=True)]
 
 
-def ablate_tokens(tok, latents: torch.Tensor, mode: str = "zero", *,
-                  mean: Optional[torch.Tensor] = None, other: Optional[torch.Tensor] = None,
-                  seed: int = 0, batch_size: int = 64,
+def ablate_tokens(tok, latents: torch.Tensor, mode: str = DEFAULT_BASELINE, *,
+                  mean: Optional[Union[torch.Tensor, Baseline]] = None,
+                  other: Optional[torch.Tensor] = None, seed: int = 0, batch_size: int = 64,
                   base: Optional[torch.Tensor] = None) -> AblationResult:
     """Decode with each token replaced in turn, in batched passes; one row per token.
 
     ``latents``: N×D (one image). ``base``: its plain reconstruction when already computed.
+    ``mode`` defaults to the one documented baseline (:mod:`.baseline`): ``"mean"`` with ``mean``
+    None uses :func:`~.baseline.default_baseline`; ``mean`` may be a tensor or a Baseline.
     """
     if latents.dim() == 3:
         if latents.shape[0] != 1:
             raise ValueError("ablate_tokens works on one image's latents at a time")
         latents = latents[0]
     latents = latents.float().cpu()
+    label = f"baseline: {REPLACEMENT_LABELS.get(mode, mode)}"
+    if mode == "mean":
+        if mean is None:
+            mean = default_baseline(tok)
+        if isinstance(mean, Baseline):
+            label, mean = mean.label, mean.tokens
+        else:
+            label = "baseline: per-position mean token given by the caller"
     repl = replacement_tokens(latents, mode, mean=mean, other=other, seed=seed)
     dev = module_device(tok)
     sync(dev)
@@ -176,7 +188,7 @@ def ablate_tokens(tok, latents: torch.Tensor, mode: str = "zero", *,
     maps = diff_maps(images, base.unsqueeze(0))
     effect = maps.flatten(1).mean(1)
     return AblationResult(latents=latents, replacement=repl, mode=mode, base=base, ablated=images,
-                          maps=maps, effect=effect, seconds=seconds)
+                          maps=maps, effect=effect, seconds=seconds, baseline_label=label)
 
 
 def reconstruct_subset(tok, latents: torch.Tensor, replacement: torch.Tensor,

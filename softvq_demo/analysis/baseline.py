@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .ablation import encode
+from .codec import encode
 
 DEFAULT_BASELINE = "mean"
 BASELINES = ("mean", "zero")

@@ -196,41 +196,68 @@ def usage_figure(usage: Usage, title: Optional[str] = None):
     used = ", ".join(f"cb{s['codebook']}: {s['used']}/{s['codewords']} used, "
                      f"perplexity {s['perplexity']}" for s in usage.summary())
     fig.update_layout(title=title or f"Codebook usage over {usage.num_images} images ({used})",
-                      xaxis_title="codewords, most used first", yaxis_title="share of tokens",
-                      barmode="overlay", height=330, margin=dict(l=50, r=20, t=60, b=40))
+                      xaxis_title="codewords, most used first", yaxis_title="share of tokens (log)",
+                      yaxis_type="log", barmode="overlay", height=330,
+                      margin=dict(l=50, r=20, t=60, b=40))
     return fig
 
 
+def categorical_colorscale(num: int) -> list:
+    """A stepped plotly colorscale giving categories 0..num-1 (as z values) distinct flat colours
+    from a 24-colour qualitative palette (cycled past 24): ids are names, not quantities."""
+    from plotly.colors import qualitative
+
+    palette = qualitative.Dark24
+    num = max(1, int(num))
+    scale = []
+    for c in range(num):
+        color = palette[c % len(palette)]
+        scale += [[c / num, color], [(c + 1) / num, color]]
+    return scale
+
+
 def indices_figure(indices: torch.Tensor, usage: Optional[Usage] = None,
-                   title: str = "Hard token indices"):
-    """Plotly heatmap of one image's token indices (1×N strip) with hover; with a ``usage`` over a
-    dataset, hover also says how common each index is."""
+                   title: str = "Hard token indices", num_codebooks: Optional[int] = None):
+    """Plotly grid of one image's token indices (16 per row), each cell labelled with its codeword
+    id and coloured by id on a categorical scale (equal ids share a colour, no order implied).
+    With a dataset ``usage``, hover gives each token's codeword share **in its own codebook**
+    (token n uses codebook n // (N/K))."""
     import plotly.graph_objects as go
 
     if indices.dim() == 2:
         indices = indices[0]
     ids = indices.long().tolist()
     n = len(ids)
+    k = num_codebooks or (usage.num_codebooks if usage is not None else 1)
+    groups = group_of_tokens(n, k)
     if usage is not None:
-        total = usage.hard[0].sum().clamp_min(1)
-        share = [float(usage.hard[0][i] / total) for i in ids]
+        if usage.num_codebooks != k:
+            raise ValueError(f"usage has {usage.num_codebooks} codebooks, the tokens {k}")
+        totals = usage.hard.sum(1).clamp_min(1)
+        share = [float(usage.hard[groups[i]][c] / totals[groups[i]]) for i, c in enumerate(ids)]
     else:
         share = [float("nan")] * n
+    distinct = sorted(set(ids))
+    category = {c: j for j, c in enumerate(distinct)}
     cols = min(n, 16)
     rows = int(math.ceil(n / cols))
     z = np.full((rows, cols), np.nan)
     text = [["" for _ in range(cols)] for _ in range(rows)]
-    custom = np.full((rows, cols, 2), np.nan)
+    custom = np.full((rows, cols, 4), np.nan)
     for i, c in enumerate(ids):
         r, col = divmod(i, cols)
-        z[r, col] = c
+        z[r, col] = category[c] + 0.5
         text[r][col] = str(c)
-        custom[r, col] = (i, share[i])
+        custom[r, col] = (i, c, groups[i], share[i])
     fig = go.Figure(go.Heatmap(
-        z=z, text=text, texttemplate="%{text}", colorscale="Turbo", customdata=custom,
-        hovertemplate=("token %{customdata[0]}<br>codeword %{z}<br>dataset share "
-                       "%{customdata[1]:.4f}<extra></extra>"), colorbar=dict(title="id")))
+        z=z, text=text, texttemplate="%{text}", zmin=0, zmax=len(distinct),
+        colorscale=categorical_colorscale(len(distinct)), showscale=False, customdata=custom,
+        xgap=2, ygap=2,
+        hovertemplate=("token %{customdata[0]}<br>codeword %{customdata[1]} of codebook "
+                       "%{customdata[2]}<br>share of that codebook's tokens over the dataset "
+                       "%{customdata[3]:.4f}<extra></extra>")))
     fig.update_yaxes(autorange="reversed", title="row", dtick=1)
     fig.update_xaxes(title="column (token = 16·row + column)", dtick=1)
-    fig.update_layout(title=title, height=120 + 50 * rows, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(title=title + f" ({len(distinct)} distinct codewords; colours are categories)",
+                      height=120 + 50 * rows, margin=dict(l=50, r=20, t=50, b=40))
     return fig

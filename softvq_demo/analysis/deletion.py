@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .ablation import decode, encode
+from .codec import decode, encode
 from .baseline import Baseline, resolve
 from .importance import mean_se
 
@@ -115,7 +115,7 @@ def deletion_curves(tok, images: torch.Tensor, ranking, *, scorer=None,
     lat = encode(tok, images).latents
     m, n = lat.shape[:2]
     rank = np.asarray(ranking, dtype=np.int64)
-    if rank.ndim == 1:
+    if rank.ndim == 1 and rank.shape[0] == n:
         rank = np.broadcast_to(rank, (m, n))
     if rank.shape != (m, n) or any(sorted(r) != list(range(n)) for r in rank):
         raise ValueError(f"ranking must be a permutation of the {n} token indices (or one per image)")

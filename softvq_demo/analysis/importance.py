@@ -26,9 +26,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .ablation import ablated_latents, decode, encode
+from .ablation import ablated_latents
+from .codec import decode, encode
 from .baseline import Baseline, resolve
-from .text_tokens import boxes_to_mask, region_effects
+from .text_tokens import Pick, boxes_to_mask, pick_by_share, region_effects
 
 ProgressFn = Optional[Callable[[float, str], None]]
 METRICS = ("t_ned_drop", "inbox_error", "concentration")
@@ -159,7 +160,7 @@ class TextImportance:
         """The old dataset ranking (mean concentration), kept for comparison."""
         return [int(i) for i in np.argsort(-self.mean("concentration"), kind="stable")]
 
-    def pick(self, share: float = 0.8) -> "Pick":
+    def pick(self, share: float = 0.8) -> Pick:
         """:func:`pick_by_share` on the mean effects (ΔT-NED when OCR ran, else Δ in-box error)."""
         if self.has_text_scores and np.nansum(np.clip(self.mean("t_ned_drop"), 0, None)) > 0:
             return pick_by_share(self.mean("t_ned_drop"), share, "mean ΔT-NED")
@@ -233,37 +234,6 @@ def text_importance(tok, images: torch.Tensor, masks: torch.Tensor, *, scorer=No
             progress((j + 1) / m, f"ablated every token of image {j + 1}/{m}")
     return TextImportance(drop, inbox, conc, base_tned, base,
                           None if scorer is None else scorer.name, note=note)
-
-
-# --------------------------------------------------------------------------- pick rule
-@dataclass
-class Pick:
-    """A set of tokens and the rule that chose it, in words (for the UI)."""
-
-    tokens: list[int]
-    rule: str
-    share: float            # the share asked for
-    reached: float          # the share the chosen tokens carry
-
-
-def pick_by_share(effect, share: float = 0.8, what: str = "effect") -> Pick:
-    """The fewest tokens whose single-token effects (negative ones count as 0) add up to at least
-    ``share`` of the total over all tokens, largest first. Returns the tokens (sorted) and the rule."""
-    e = np.clip(np.nan_to_num(np.asarray(effect, np.float64), nan=0.0), 0, None)
-    if not 0 < share <= 1:
-        raise ValueError(f"share = {share}: choose a fraction in (0, 1]")
-    total = float(e.sum())
-    n = e.shape[0]
-    head = (f"the fewest tokens whose single-token {what} adds up to ≥ {share:.0%} of the total "
-            f"over all {n} tokens")
-    if total <= 0:
-        return Pick([], f"{head}: no token has a positive {what}, so none is picked", share, 0.0)
-    order = np.argsort(-e, kind="stable")
-    cum = np.cumsum(e[order]) / total
-    k = int(np.searchsorted(cum, share - 1e-12) + 1)
-    k = min(k, n)
-    return Pick(sorted(int(i) for i in order[:k]), f"{head}: {k} token{'s' if k != 1 else ''}",
-                share, float(cum[k - 1]))
 
 
 # --------------------------------------------------------------------------- figure

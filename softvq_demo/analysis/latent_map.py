@@ -20,6 +20,7 @@ from .codec import encode
 
 METHODS = ("pca", "umap")
 VIEWS = ("image", "token")
+COLOR_BY = ("token", "class", "image")
 ProgressFn = Optional[Callable[[float, str], None]]
 
 
@@ -86,8 +87,24 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0) -> np.ndarray:
-    """UMAP to 2-D; PCA to 50 dims first when wider (faster, same neighbourhoods in practice)."""
+UMAP_MAX_POINTS = 10_000      # per-token maps of more points are subsampled (seeded) for UMAP
+UMAP_EPOCHS = 200             # umap-learn's own default is 500 below 10,000 points
+
+
+def umap_epochs(m: int) -> int:
+    return UMAP_EPOCHS if m <= UMAP_MAX_POINTS else 100
+
+
+def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0,
+            n_epochs: Optional[int] = None) -> np.ndarray:
+    """UMAP to 2-D, made fast on a CPU: PCA to 50 dims first when wider; exact k-nearest
+    neighbours from scikit-learn (instead of pynndescent, whose JIT compile costs seconds); PCA
+    initialisation (the spectral one took most of the 70 s of a 6,400-point map on 2 cores);
+    ``n_epochs`` :func:`umap_epochs` (200)."""
+    import warnings
+
+    from sklearn.neighbors import NearestNeighbors
+
     x = np.asarray(x, np.float32)
     m = x.shape[0]
     if m < 4:
@@ -97,10 +114,23 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: i
         x = (xc @ top_components(xc, 50).T).astype(np.float32)
     import umap  # heavy import (numba): only when asked
 
-    reducer = umap.UMAP(n_components=2, n_neighbors=int(min(max(2, n_neighbors), m - 1)),
-                        min_dist=float(min_dist), random_state=int(seed), n_jobs=1,
-                        init="spectral" if m > 20 else "random", low_memory=True)
-    return reducer.fit_transform(x).astype(np.float32)
+    k = int(min(max(2, n_neighbors), m - 1))
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)   # includes each point itself
+    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=float(min_dist),
+                        random_state=int(seed), n_jobs=1, init="pca" if m > 20 else "random",
+                        n_epochs=int(n_epochs or umap_epochs(m)),
+                        precomputed_knn=(idx.astype(np.int32), dist.astype(np.float32), None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "n_jobs overridden by random_state", no search index
+        return reducer.fit_transform(x).astype(np.float32)
+
+
+def warm_umap() -> float:
+    """Fit a tiny UMAP once so that numba compiles its kernels (about 10 s of CPU the first time in
+    a process); call it in a background thread at start-up. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    umap_2d(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), n_epochs=5)
+    return time.perf_counter() - t0
 
 
 def project(x: np.ndarray, method: str = "pca", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
@@ -133,23 +163,44 @@ def latent_map(latents: torch.Tensor, view: str = "image", method: str = "pca", 
     if method not in METHODS:
         raise ValueError(f"unknown projection {method!r}: use one of {', '.join(METHODS)}")
     x, img_idx, tok_idx = features(latents, view, pool)
-    if x.shape[0] > max_points:
+    total = x.shape[0]
+    limit = min(max_points, UMAP_MAX_POINTS) if method == "umap" else max_points
+    if total > limit:
         rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(x.shape[0], max_points, replace=False))
+        keep = np.sort(rng.choice(total, limit, replace=False))
         x, img_idx, tok_idx = x[keep], img_idx[keep], tok_idx[keep]
     t0 = time.perf_counter()
     coords = project(x, method, seed)
+    seconds = time.perf_counter() - t0
+    note = f"{x.shape[0]:,} of {total:,} points" + (" (random subsample)" if x.shape[0] < total else "")
+    if method == "umap":
+        note += f"; UMAP: exact 15-NN, PCA init, {umap_epochs(x.shape[0])} epochs"
+    note += f"; {seconds:.1f} s"
     return LatentMap(coords=coords, image_index=img_idx, token_index=tok_idx, view=view,
-                     method=method, seconds=time.perf_counter() - t0,
+                     method=method, seconds=seconds,
                      labels=list(labels) if labels is not None else None,
-                     captions=list(captions) if captions is not None else None)
+                     captions=list(captions) if captions is not None else None,
+                     extras=dict(note=note, points=int(x.shape[0]), total_points=int(total)))
 
 
 def scatter_figure(lm: LatentMap, color_by: str = "token", title: Optional[str] = None):
     """Plotly scatter of a latent map; ``customdata[0]`` of each point is its image index (used by
-    the app to show the image when a point is clicked). color_by: token | class | image."""
-    import plotly.graph_objects as go
+    the app to show the image when a point is clicked). color_by: token | class | image.
 
+    Raises ValueError (a message for the user) for "token" on a pooled map (one point per image
+    has no token) and for "class" without labels — never a silent fallback to another colouring.
+    Classes get distinct colours from a 24-colour qualitative palette."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    if color_by not in COLOR_BY:
+        raise ValueError(f"unknown colouring {color_by!r}: use one of {', '.join(COLOR_BY)}")
+    if color_by == "token" and lm.view != "token":
+        raise ValueError("colour by token needs the per-token view: this map has one pooled point "
+                         "per image; choose the per-token view, or colour by class or image")
+    if color_by == "class" and lm.labels is None:
+        raise ValueError("colour by class needs class labels, and this image set has none; "
+                         "colour by image (or token) instead")
     labels = lm.labels
     img = lm.image_index
     caps = lm.captions
@@ -161,15 +212,17 @@ def scatter_figure(lm: LatentMap, color_by: str = "token", title: Optional[str] 
             + ("<br>class %{customdata[2]}" if labels is not None else "")
             + ("<br>%{customdata[3]}" if caps is not None else "") + "<extra></extra>")
     fig = go.Figure()
-    if color_by == "class" and labels is not None:
+    if color_by == "class":
         classes = sorted({str(c) for c in labels})
-        for c in classes:
+        palette = qualitative.Dark24 if len(classes) > 10 else qualitative.D3
+        for ci, c in enumerate(classes):
             sel = np.array([str(labels[i]) == c for i in img])
             fig.add_trace(go.Scattergl(x=lm.coords[sel, 0], y=lm.coords[sel, 1], mode="markers",
                                        name=c, customdata=custom[sel], hovertemplate=tmpl,
-                                       marker=dict(size=6 if lm.view == "image" else 4)))
+                                       marker=dict(size=6 if lm.view == "image" else 4,
+                                                   color=palette[ci % len(palette)])))
     else:
-        if color_by == "token" and lm.view == "token":
+        if color_by == "token":
             color, cname = lm.token_index, "token"
         else:
             color, cname = img, "image"

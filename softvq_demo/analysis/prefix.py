@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .ablation import decode, keep_tokens
+from .ablation import keep_tokens
+from .codec import decode
 from .baseline import Baseline, resolve
 
 
@@ -100,7 +101,7 @@ def strip_image(strip: PrefixStrip, pad: int = 2) -> "object":
     """Both rows tiled into one H×W×3 uint8 image (row 1: first k, row 2: top k), for a gallery."""
     import numpy as np
 
-    from .ablation import to_uint8
+    from .pictures import to_uint8
 
     rows = [strip.first, strip.top]
     k, _, h, w = strip.first.shape

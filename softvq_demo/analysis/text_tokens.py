@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .ablation import AblationResult, ablate_tokens, keep_tokens, replace_tokens
+from .baseline import DEFAULT_BASELINE
 from .codec import decode, encode
 from .pictures import to_uint8
 
@@ -79,6 +80,38 @@ def mask_overlay(image: np.ndarray, mask: torch.Tensor, color=(255, 0, 0), alpha
     return out.round().astype(np.uint8)
 
 
+# --------------------------------------------------------------------------- pick rule
+@dataclass
+class Pick:
+    """A set of tokens and the rule that chose it, in words (for the UI)."""
+
+    tokens: list[int]
+    rule: str
+    share: float            # the share asked for
+    reached: float          # the share the chosen tokens carry
+
+
+def pick_by_share(effect, share: float = 0.8, what: str = "effect") -> Pick:
+    """The fewest tokens whose single-token effects (negative ones count as 0) add up to at least
+    ``share`` of the total over all tokens, largest first. Returns the tokens (sorted) and the rule."""
+    e = np.clip(np.nan_to_num(np.asarray(effect, np.float64), nan=0.0), 0, None)
+    if not 0 < share <= 1:
+        raise ValueError(f"share = {share}: choose a fraction in (0, 1]")
+    total = float(e.sum())
+    n = e.shape[0]
+    head = (f"the fewest tokens whose single-token {what} adds up to ≥ {share:.0%} of the total "
+            f"over all {n} tokens")
+    if total <= 0:
+        return Pick([], f"{head}: no token has a positive {what}, so none is picked", share, 0.0)
+    order = np.argsort(-e, kind="stable")
+    cum = np.cumsum(e[order]) / total
+    k = int(np.searchsorted(cum, share - 1e-12) + 1)
+    k = min(k, n)
+    return Pick(sorted(int(i) for i in order[:k]), f"{head}: {k} token{'s' if k != 1 else ''}",
+                share, float(cum[k - 1]))
+
+
+
 # --------------------------------------------------------------------------- one image
 @dataclass
 class TextTokenResult:
@@ -117,19 +150,23 @@ class TextTokenResult:
     def ranking(self) -> list[int]:
         return [int(i) for i in torch.argsort(self.score(), descending=True)]
 
-    def text_tokens(self, k: Optional[int] = None, damage_threshold: float = 0.05) -> list[int]:
-        """The tokens that carry text: the top ``k`` by score, or — without k — every token whose
-        ablation lowers the OCR similarity by more than ``damage_threshold`` (or, without OCR,
-        whose in-text effect is above the median with concentration > 1)."""
-        order = self.ranking()
+    def text_tokens(self, k: Optional[int] = None, share: float = 0.8) -> list[int]:
+        """The tokens that carry text: the top ``k`` by score, or — without k — :meth:`pick`'s
+        tokens (the fewest whose single-token effects carry ``share`` of the total)."""
         if k is not None:
-            return sorted(order[:max(0, int(k))])
+            return sorted(self.ranking()[:max(0, int(k))])
+        return self.pick(share).tokens
+
+    def pick(self, share: float = 0.8) -> "Pick":
+        """The text tokens by a rule a reader can state (:func:`~.importance.pick_by_share`): the
+        fewest tokens whose single-token T-NED drops add up to ``share`` of the total drop (when OCR
+        ran and some token lowered it), else whose in-text |Δ| adds up to ``share`` of the total.
+        Returns a ``Pick`` (tokens, rule in words, share asked, share reached)."""
         dmg = self.ocr_damage
-        if dmg is not None:
-            return sorted(int(i) for i in torch.nonzero(dmg > damage_threshold).flatten())
-        med = self.effect_in.median()
-        return sorted(int(i) for i in torch.nonzero((self.effect_in > med)
-                                                    & (self.concentration > 1)).flatten())
+        if dmg is not None and float(dmg.clamp_min(0).sum()) > 0:
+            return pick_by_share(dmg.numpy(), share, "T-NED drop")
+        what = "in-text |Δ|" + (" (no ablation lowered the T-NED)" if dmg is not None else " (no OCR)")
+        return pick_by_share(self.effect_in.numpy(), share, what)
 
     def rows(self) -> list[dict]:
         """One row per token, ranked: the table the app shows."""
@@ -170,7 +207,7 @@ def region_effects(maps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return e_in, e_out, conc
 
 
-def analyze_text_tokens(tok, latents: torch.Tensor, mask: torch.Tensor, *, mode: str = "zero",
+def analyze_text_tokens(tok, latents: torch.Tensor, mask: torch.Tensor, *, mode: str = DEFAULT_BASELINE,
                         mean: Optional[torch.Tensor] = None, other: Optional[torch.Tensor] = None,
                         read_text: Optional[ReadText] = None, similarity: Optional[Similarity] = None,
                         reference_text: Optional[str] = None, ablation: Optional[AblationResult] = None,
@@ -211,7 +248,11 @@ def keep_and_drop(tok, latents: torch.Tensor, replacement: torch.Tensor, tokens:
 # --------------------------------------------------------------------------- many images
 @dataclass
 class TextProfile:
-    """Per-token statistics over a set of images with ground-truth text masks."""
+    """Per-token statistics over a set of images with ground-truth text masks.
+
+    Its ranking is by **concentration** (where a token's change falls), not by importance (how
+    much ablating it hurts the text): for importance with uncertainty use
+    :func:`softvq_demo.analysis.importance.text_importance`."""
 
     effect_in: torch.Tensor        # M×N
     effect_out: torch.Tensor       # M×N
@@ -230,10 +271,14 @@ class TextProfile:
         return torch.bincount(idx.flatten(), minlength=n).float() / self.num_images
 
     def ranking(self) -> list[int]:
+        """Token indices by decreasing mean concentration (same as :meth:`concentration_ranking`)."""
+        return self.concentration_ranking()
+
+    def concentration_ranking(self) -> list[int]:
         return [int(i) for i in torch.argsort(self.mean_concentration(), descending=True)]
 
 
-def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = "zero", *,
+def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = DEFAULT_BASELINE, *,
                  mean: Optional[torch.Tensor] = None, progress: ProgressFn = None) -> TextProfile:
     """Ablate every token of every image (M×3×H×W with M×H×W boolean text masks); images whose
     mask is empty or full are skipped."""
@@ -300,7 +345,8 @@ def profile_figure(profiles: dict[str, TextProfile], title: Optional[str] = None
                            "in %{customdata[0]:.0%} of images<extra>" + name + "</extra>")))
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="no preference for text",
                   annotation_position="top left")
-    fig.update_layout(title=title or "Which token indices carry text (dataset level)",
+    fig.update_layout(title=title or "Text concentration per token index (where a token's change falls; "
+                                     "not importance)",
                       xaxis_title="token index", yaxis_title="text concentration (1 = uniform)",
                       barmode="group", height=340, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=1.12, x=0.5, xanchor="center"))

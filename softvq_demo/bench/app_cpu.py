@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..data.textscenes import TextScenes
 from ..sampling.settings import SIT_DEFAULTS
 
 # reconstruct and generate: the embedded models' targets (issue 11: encode+decode <= 100 ms, 50-step
@@ -35,16 +36,10 @@ def timed(fn, repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def bench_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Held-out textscenes images when the dataset module is there, else smooth random images."""
-    try:
-        from ..ui.datasets import textscenes
-        return textscenes(size, n).images
-    except Exception:
-        g = torch.Generator().manual_seed(seed)
-        low = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
-        return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear",
-                                               align_corners=False)
+def bench_images(n: int, size: int) -> torch.Tensor:
+    """``n`` held-out textscenes images at ``size`` px."""
+    ds = TextScenes("heldout", size=n, image_size=size)
+    return torch.stack([ds.sample(i).tensor() for i in range(n)])
 
 
 def _sit_text(opts: dict) -> str:

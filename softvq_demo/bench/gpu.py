@@ -36,9 +36,7 @@ recipe's duplicated work counts as executed work; images/s counts useful output 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -51,109 +49,16 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..released import TITOK, softvq_config, titok_config
+from ..released import TITOK
 from ..sampling import fast as fastmod
-from ..sampling.flow import sample_flow, time_grid
-from ..sampling.settings import SIT_DEFAULTS, SIT_PAPER
+from ..sampling.fast import runtime as fast_runtime, sit as fast_sit
+from ..sampling.flow import sample_flow
+from .legacy import previous_blocks
 
-# --------------------------------------------------------------------------- configurations
-# SiT cases: (name, image px, tokens, token dim, 1D/2D)
-SIT_NETS = [("SoftVQ 32 tok", 256, 32, 64, "1D"), ("SoftVQ 64 tok", 256, 64, 32, "1D"),
-            ("SD-VAE 32x32x4 /2", 256, 256, 16, "2D"), ("SD-VAE 64x64x4 /2", 512, 1024, 16, "2D")]
-SIT_TINY = [("tiny 8 tok", 256, 8, 8, "1D"), ("tiny 16 tok", 256, 16, 4, "1D"),
-            ("tiny 32 tok /2", 256, 32, 2, "2D"), ("tiny 64 tok /2", 512, 64, 2, "2D")]
-SETTINGS = {"50 euler": dict(SIT_DEFAULTS), "250 sde": dict(SIT_PAPER)}  # interactive / the paper's
-SETTINGS_TINY = {"10 euler": dict(SETTINGS["50 euler"], steps=10),
-                 "25 sde": dict(SETTINGS["250 sde"], steps=25)}
-CONFIGS = ("naive", "official-eager", "official", "fast")
+from .cases import (CONFIGS, SETTINGS, SETTINGS_TINY, SIT_NETS, SIT_TINY, build_maskgit, build_sit,
+                    build_softvq, build_titok, count_flops, free, rel_err, schedule, sync)
+from .report import markdown_report
 
-
-# --------------------------------------------------------------------------- helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def schedule(steps: int, method: str, cfg_scale: float, guidance_low: float, guidance_high: float
-             ) -> tuple[int, int]:
-    """(unguided, guided) step counts of a run."""
-    grid = time_grid(steps, method)
-    g = sum(1 for t in grid[:-1] if cfg_scale > 1.0 and guidance_low <= t <= guidance_high)
-    return len(grid) - 1 - g, g
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def build_sit(tokens: int, dim: int, device: torch.device, tiny: bool, seed: int = 0):
-    """SiT-XL/1 (or a tiny SiT) with random weights: DiT's init, then the adaLN-Zero layers and
-    the final projection made non-zero (a zero network would hide unwritten outputs and time
-    kernels on zeros)."""
-    from ..models.sit import SiT, sit_config
-
-    if tiny:
-        cfg = sit_config("SiT-S/1", tokens, dim, num_classes=10, depth=2, hidden_size=64, num_heads=4)
-    else:
-        cfg = sit_config("SiT-XL/1", tokens, dim)
-    with torch.device(device):
-        torch.manual_seed(seed)
-        gen = SiT(cfg)
-    with torch.no_grad():
-        g = torch.Generator(device=device).manual_seed(seed)
-        hidden = gen.hidden_size
-        for layer in [b.adaLN_modulation[1] for b in gen.blocks] + [gen.final_layer.adaLN_modulation[1]]:
-            layer.weight.normal_(0.0, 0.02, generator=g)
-            layer.bias.normal_(0.0, 0.3, generator=g)
-        gen.final_layer.linear.weight.normal_(0.0, hidden ** -0.5, generator=g)
-        gen.final_layer.linear.bias.normal_(0.0, 0.02, generator=g)
-    return gen.eval().requires_grad_(False)
-
-
-def build_softvq(size: str, device: torch.device, tiny: bool, seed: int = 0):
-    from ..models.softvq import SoftVQModel
-
-    with torch.device(device):
-        torch.manual_seed(seed)
-        tok = SoftVQModel(softvq_config(size, tiny))
-    with torch.no_grad():
-        for name, p in tok.named_parameters():
-            if name.endswith(("ls1.gamma", "ls2.gamma")):
-                p.fill_(1.0)  # DINOv2's 1e-5 LayerScale would make every block a near-identity
-    return tok.eval().requires_grad_(False)
-
-
-def build_titok(name: str, device: torch.device, tiny: bool, seed: int = 0):
-    from ..models.titok import TiTok
-
-    with torch.device(device):
-        torch.manual_seed(seed)
-        tok = TiTok(titok_config(name, tiny))
-    return tok.eval().requires_grad_(False)
-
-
-def build_maskgit(name: str, device: torch.device, tiny: bool, seed: int = 0):
-    from ..models.maskgit import build
-
-    with torch.device(device):
-        torch.manual_seed(seed)
-        gen = build(titok_config(name, tiny))
-    return gen.eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- the bench
@@ -273,7 +178,7 @@ class Bench:
         cache = self.__dict__.setdefault("_official_compiled", {})
         if id(gen) not in cache:
             cache.clear()  # one generator at a time: do not keep freed models' graphs alive
-            fastmod._raise_recompile_limit()
+            fast_runtime._raise_recompile_limit()
             cache[id(gen)] = torch.compile(gen)
         return cache[id(gen)]
 
@@ -330,7 +235,7 @@ class Bench:
             kw = {}
             if config == "fast":  # the adaLN-table choice of the full runs this extrapolates to
                 steps = max(o["steps"] for o in self.settings.values())
-                kw["precompute"] = fastmod.use_table(fastmod.sit_fast(gen), batch, steps)
+                kw["precompute"] = fast_sit.use_table(fastmod.sit_fast(gen), batch, steps)
             t0 = time.perf_counter()
             t = self.timeit(lambda: fn(gen, noise, y, opts, **kw), reps=reps, warmup=warm)
             if config == "fast" and warm:
@@ -457,13 +362,13 @@ class Bench:
                 self.notes.append(f"A/B '{label}': skipped (budget)")
                 continue
             fastmod.sit_fast(gen).runners.clear()
-            fastmod.LEGACY_BLOCKS = legacy
+            layout = previous_blocks(fastmod.sit_fast(gen)) if legacy else nullcontext()
             try:
-                t0 = time.perf_counter()
-                self.run_fast(gen, noise, y, opts, **kw)  # compile (legacy blocks) and capture
-                t = self.timeit(lambda: self.run_fast(gen, noise, y, opts, **kw), reps=2, warmup=0)
+                with layout:
+                    t0 = time.perf_counter()
+                    self.run_fast(gen, noise, y, opts, **kw)  # compile (legacy blocks) and capture
+                    t = self.timeit(lambda: self.run_fast(gen, noise, y, opts, **kw), reps=2, warmup=0)
             finally:
-                fastmod.LEGACY_BLOCKS = False
                 fastmod.sit_fast(gen).runners.clear()
             row = self.sit_row(net, "fast", b, setting, None, flops_row, measured_s=t,
                                note=f"A/B: {label}", record=False)
@@ -580,7 +485,7 @@ class Bench:
             self.notes.append(f"batch-1 50-step run without torch.compile (bf16 + graphs + table): "
                               f"{1000 * t_nc / opts['steps']:.2f} ms/step")
             self.log(f"  {self.notes[-1]}")
-            fastmod._SIT_CACHE.get(gen, ("sit", True, None), lambda: fast)  # keep the compiled copy
+            fast_sit._SIT_CACHE.get(gen, ("sit", True, None), lambda: fast)  # keep the compiled copy
         self.save()
 
     def large_batch(self, gen, flops_row, net) -> None:
@@ -597,14 +502,14 @@ class Bench:
                     ">= 0.55", frac_g >= 0.55 if not self.tiny else None)
         self.notes.append(f"B={b} 64 tok: guided step {1000 * times['t_g']:.1f} ms ({100 * frac_g:.0f}% "
                           f"peak), unguided {1000 * times['t_u']:.1f} ms ({100 * frac_u:.0f}% peak)")
-        if self.cuda and fastmod.GELU_EPILOGUE and self.args.ablations and self.left() > 120:
+        if self.cuda and fast_sit.GELU_EPILOGUE and self.args.ablations and self.left() > 120:
             def ab():
                 fastmod.sit_fast(gen).runners.clear()  # captured graphs hold the old kernels
-                fastmod.GELU_EPILOGUE = False
+                fast_sit.GELU_EPILOGUE = False
                 try:
                     t_off = self.step_times("fast", gen, flops_row, b)
                 finally:
-                    fastmod.GELU_EPILOGUE = True
+                    fast_sit.GELU_EPILOGUE = True
                     fastmod.sit_fast(gen).runners.clear()
                 self.notes.append(f"B={b} 64 tok, fc1 GELU as a separate fused kernel instead of the "
                                   f"cuBLASLt epilogue: guided {1000 * t_off['t_g']:.1f} ms, unguided "
@@ -797,107 +702,8 @@ class Bench:
             del gen
             free()
 
-    # ---- report
     def report(self) -> str:
-        lines = []
-        add = lines.append
-        add(f"# softvq-demo GPU benchmark  ({self.env.get('gpu', self.env.get('device'))}, torch "
-            f"{self.env.get('torch')}{', tiny models' if self.tiny else ''}{', --quick' if self.quick else ''})")
-        add(f"measured peak: {self.peak_tflops:.0f} TFLOP/s ({'bf16' if self.cuda else 'fp32'} matmul), "
-            f"copy {self.bandwidth:.0f} GB/s; wall {time.perf_counter() - self.start:.0f} s")
-        add("")
-        if self.sit:
-            add("## SiT-XL generation (generator only)")
-            add("| px | latent (tokens x dim) | B | sampler | config | images/s | ms/step | TFLOP/s | % peak "
-                "| x naive | x official | how |")
-            add("|---|---|---|---|---|---|---|---|---|---|---|---|")
-            index = {(r["net"], r["batch"], r["setting"], r["config"]): r for r in self.sit}
-            for r in sorted(self.sit, key=lambda r: (r["px"], r["tokens"], r["batch"], r["setting"],
-                                                     CONFIGS.index(r["config"]))):
-                base = (r["net"], r["batch"], r["setting"])
-                nv, of = index.get(base + ("naive",)), index.get(base + ("official",))
-                xn = f"{nv['total_s'] / r['total_s']:.1f}" if nv else "-"
-                xo = f"{of['total_s'] / r['total_s']:.2f}" if of else "-"
-                add(f"| {r['px']} | {r['kind']} {r['tokens']}x{r['dim']} | {r['batch']} | {r['setting']} "
-                    f"| {r['config']} | {r['images_per_s']:.2f} | {r['ms_per_step']:.2f} | {r['tflops']:.0f} "
-                    f"| {100 * r['frac_peak']:.0f} | {xn} | {xo} | {r['how']}{'; ' + r['note'] if r['note'] else ''} |")
-            add("")
-            add("## 1D vs 2D (same implementation, fast path, generator only)")
-            add("| px | B | sampler | 1D latent | 1D images/s | 2D latent | 2D images/s | speedup | FLOP ratio |")
-            add("|---|---|---|---|---|---|---|---|---|")
-            pairs = [(256, self.nets[0], self.nets[2]), (256, self.nets[1], self.nets[2]),
-                     (512, self.nets[1], self.nets[3])]
-            for px, one, two in pairs:
-                for b in self.batches:
-                    for setting in self.settings:
-                        r1 = index.get((one[0], b, setting, "fast"))
-                        r2 = index.get((two[0], b, setting, "fast"))
-                        if r1 and r2:
-                            fr = (r2["tflops"] * r2["total_s"] / b) / (r1["tflops"] * r1["total_s"] / b)
-                            add(f"| {px} | {b} | {setting} | {one[2]}x{one[3]} | {r1['images_per_s']:.2f} "
-                                f"| {two[2]}x{two[3]} | {r2['images_per_s']:.2f} "
-                                f"| {r1['images_per_s'] / r2['images_per_s']:.1f}x | {fr:.1f}x |")
-            add("")
-        if self.toks:
-            add("## Tokenizers (256 px)")
-            add("| model | op | B | config | images/s | ms | TFLOP/s | % peak | x naive | x official | GFLOP/img |")
-            add("|---|---|---|---|---|---|---|---|---|---|---|")
-            index = {(r["model"], r["op"], r["batch"], r["config"]): r for r in self.toks}
-            for r in self.toks:
-                base = (r["model"], r["op"], r["batch"])
-                nv, of = index.get(base + ("naive",)), index.get(base + ("official",))
-                xn = f"{nv['seconds'] / r['seconds']:.1f}" if nv else "-"
-                xo = f"{of['seconds'] / r['seconds']:.2f}" if of else "-"
-                add(f"| {r['model']} | {r['op']} | {r['batch']} | {r['config']} | {r['images_per_s']:.1f} "
-                    f"| {r['ms']:.2f} | {r['tflops']:.0f} | {100 * r['frac_peak']:.0f} | {xn} | {xo} "
-                    f"| {r['gflop_per_image']:.0f} |")
-            add("")
-        if self.maskgit:
-            add("## MaskGIT generation (TiTok generators, release sampling settings; tokens only)")
-            add("| model | B | config | steps | images/s | ms/step | x reference |")
-            add("|---|---|---|---|---|---|---|")
-            index = {(r["model"], r["batch"], r["config"]): r for r in self.maskgit}
-            for r in self.maskgit:
-                ref = index.get((r["model"], r["batch"], "reference"))
-                xr = f"{ref['seconds'] / r['seconds']:.1f}" if ref else "-"
-                add(f"| {r['model']} | {r['batch']} | {r['config']} | {r['steps']} | {r['images_per_s']:.1f} "
-                    f"| {r['ms_per_step']:.2f} | {xr} |")
-            add("")
-        if self.checks:
-            add("## Correctness (relative error ||fast - ref|| / ||ref||)")
-            for c in self.checks:
-                add("- " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()))
-            add("")
-        if self.targets:
-            add("## Targets")
-            for t in self.targets:
-                verdict = "PASS" if t["ok"] else ("n/a" if t["ok"] is None else "MISS")
-                add(f"- {t['what']}: **{t['value']:.3g}** (goal {t['goal']}) {verdict}")
-            add("")
-        if self.ab:
-            add("## Same-run A/B (headline case)")
-            for r in self.ab:
-                add(f"- {r['variant']}: {r['images_per_s']:.2f} images/s, {r['ms_per_step']:.2f} ms/step")
-            add("")
-        if fastmod.ATTENTION_PICKS:
-            add("## Attention kernel picks (ms per call on the probe shape; rel err vs fp32)")
-            for k, v in fastmod.ATTENTION_PICKS.items():
-                ms = ", ".join(f"{name} {t:.4f}" for name, t in v.get("ms", {}).items())
-                errs = ", ".join(f"{name} {e:.1e}" if isinstance(e, float) else f"{name} {e}"
-                                 for name, e in v.get("rel_err", {}).items())
-                add(f"- {v.get('tokens')} tokens x {v.get('rows')} rows: pick **{v.get('pick') or 'sdpa'}**; "
-                    f"{ms}; {errs}")
-            add("")
-        add("official = the official recipe compiled (torch.compile, fp16 autocast, doubled CFG batch) as "
-            "generate_sit.py runs it; official-eager = the same uncompiled (the H100 history's 'official').")
-        if self.compile_s:
-            add("compile + capture (first calls, s): " + ", ".join(f"{k}: {v}" for k, v in self.compile_s.items()))
-        for note in self.notes:
-            add(f"- {note}")
-        text = "\n".join(lines)
-        if self.out:
-            (self.out / "bench.md").write_text(text + "\n")
-        return text
+        return markdown_report(self)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

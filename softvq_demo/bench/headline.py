@@ -7,6 +7,7 @@ thermal state weigh on both alike; GPU clocks and power sampled alongside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..sampling import fast as fastmod
-from .gpu import SETTINGS, build_sit
+from .cases import SETTINGS, build_sit
+from .legacy import previous_blocks
 
 
 def main(argv=None) -> None:
@@ -45,28 +47,28 @@ def main(argv=None) -> None:
     times: dict = {k: [] for k in variants}
     log = []
 
-    def run(legacy: bool, precompute=None) -> float:
-        fastmod.LEGACY_BLOCKS = legacy
-        kw = {} if precompute is None else dict(precompute=precompute)
-        try:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fastmod.sample_sit_fast(gen, noise, y, null_class=gen.null_class, **opts, **kw)
-            torch.cuda.synchronize()
-            return time.perf_counter() - t0
-        finally:
-            fastmod.LEGACY_BLOCKS = False
+    def run(legacy: bool) -> float:
+        kw = dict(precompute=False) if legacy else {}  # the previous revision had no adaLN table
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fastmod.sample_sit_fast(gen, noise, y, null_class=gen.null_class, **opts, **kw)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def layout(legacy: bool):
+        fastmod.sit_fast(gen).runners.clear()  # graphs hold one variant's kernels
+        return previous_blocks(fastmod.sit_fast(gen)) if legacy else contextlib.nullcontext()
 
     t_start = time.perf_counter()
     for name, legacy in variants.items():  # compile and capture both first
-        fastmod.sit_fast(gen).runners.clear()
-        run(legacy, None if not legacy else False)
-        run(legacy, None if not legacy else False)
+        with layout(legacy):
+            run(legacy)
+            run(legacy)
     for r in range(args.rounds):
         for name, legacy in variants.items():
-            fastmod.sit_fast(gen).runners.clear()
-            run(legacy, None if not legacy else False)  # capture (graphs hold one variant's kernels)
-            t = run(legacy, None if not legacy else False)
+            with layout(legacy):
+                run(legacy)  # capture
+                t = run(legacy)
             times[name].append(t)
             line = f"[{time.perf_counter() - t_start:6.1f}s] round {r} {name:8s} {t:.3f} s  {b / t:.2f} images/s"
             log.append(line)

@@ -112,6 +112,11 @@ class Tokenizer(nn.Module):
         if not 1 <= k <= self.num_tokens:
             raise ValueError(f"a prefix of 1..{self.num_tokens} tokens decodes, got {k}")
 
+    def latents_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codeword ids B×N → the latents ``decode`` takes (B×N×D); tokenizers with a codebook
+        override this (``decode`` also accepts the ids directly)."""
+        raise ValueError(f"this {self.family} tokenizer has no codebook: decode float latents")
+
     def encode(self, images: torch.Tensor) -> Encoded:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -15,8 +15,7 @@ with them:
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -141,26 +140,3 @@ def validate_config(conf: dict[str, Any]) -> None:
         raise ValueError(f"pixel decoder config: num_res_blocks {blocks} out of range 1..8")
     if not 1 <= z <= 4096 or not 1 <= out <= 16:
         raise ValueError(f"pixel decoder config: z_channels {z} / num_channels {out} out of range")
-
-
-def load_pixel_decoder(folder: Union[str, Path], device: Union[str, torch.device] = "cpu"
-                       ) -> PixelDecoder:
-    """Load a standalone pixel decoder folder (``config.json`` = its conf, plus one safetensors
-    state dict), strictly: any missing, unexpected or mis-shaped tensor is an error naming it."""
-    from safetensors.torch import load_file
-
-    from ..loading import CheckpointError, check_keys, read_config, read_header, weight_file
-
-    folder = Path(folder)
-    conf = read_config(folder)
-    try:
-        with torch.device("meta"):
-            model = PixelDecoder(conf)
-    except ValueError as err:
-        raise CheckpointError(f"{folder}: {err}") from err
-    path = weight_file(folder)
-    check_keys(model, read_header(path), str(path))
-    model = model.to_empty(device=device)
-    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
-    return model.eval().requires_grad_(False)
-

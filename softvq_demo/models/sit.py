@@ -174,6 +174,25 @@ class SiT(Generator):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def functional_weights(self) -> dict[str, Any]:
+        """The weights by role, for a functional forward (``sampling.fast.sit``) that must not
+        depend on this module's layout: x_embed (w, b); pos N×H; t_mlp (w0, b0, w2, b2); y_table
+        (classes + 1)×H; adaln [(w, b)] per block then the final layer's; blocks [(qkv w, b,
+        proj w, b, fc1 w, b, fc2 w, b)]; final (w, b) of the velocity's D outputs only (a
+        learn_sigma model predicts 2D)."""
+        d = self.token_dim
+        mlp = self.t_embedder.mlp
+        return dict(
+            x_embed=(self.x_embedder.weight, self.x_embedder.bias), pos=self.pos_embed[0],
+            t_mlp=(mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias),
+            y_table=self.y_embedder.embedding_table.weight,
+            adaln=[(m.weight, m.bias) for m in [b.adaLN_modulation[1] for b in self.blocks]
+                   + [self.final_layer.adaLN_modulation[1]]],
+            blocks=[(b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
+                     b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight, b.mlp.fc2.bias)
+                    for b in self.blocks],
+            final=(self.final_layer.linear.weight[:d], self.final_layer.linear.bias[:d]))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Velocity for noisy tokens x (B×N×D) at times t (B,) with labels y (B,)."""
         if x.ndim != 3 or x.shape[1:] != (self.num_tokens, self.token_dim):

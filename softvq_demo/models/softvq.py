@@ -200,11 +200,15 @@ class SoftVQModel(Tokenizer):
         return Encoded(latents=latents, probs=probs, indices=probs.argmax(dim=-1),
                        extras={"encoder_out": features, "pre_quant": z})
 
+    def latents_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codeword ids → hard codewords (one-hot posteriors)."""
+        return self.quantize.lookup(indices.reshape(indices.shape[0], -1))
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(latents):  # codeword ids -> hard codewords
             ids = latents.reshape(latents.shape[0], -1)
             self.check_token_count(ids.shape[1])
-            latents = self.quantize.lookup(ids)
+            latents = self.latents_from_indices(ids)
         if latents.ndim != 3 or latents.shape[2] != self.token_dim or latents.shape[1] > self.num_tokens:
             raise ValueError(f"expected latents B×{self.num_tokens}×{self.token_dim}, "
                              f"got {tuple(latents.shape)}")

@@ -343,6 +343,9 @@ class TiTok(Tokenizer):
             raise ValueError(f"token ids must be in 0..{self.codebook_size - 1}")
         return self.quantize.lookup(indices.long())
 
+    def latents_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.tokens_from_indices(indices)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Float latents B×N×C (or the official B×C×1×N) or int ids B×N → images in [-1, 1].
 

@@ -44,7 +44,8 @@ class Setting:
         """The value in its kind, or a ValueError naming the setting and its range."""
         if self.choices:
             if not isinstance(value, str) or value not in self.choices:
-                raise ValueError(f"{self.name} {value!r}: expected one of {', '.join(self.choices)}")
+                raise ValueError(f"unknown {self.label} {value!r} ({self.name}): use one of "
+                                 f"{', '.join(self.choices)}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{self.name} must be a number, got {value!r}")

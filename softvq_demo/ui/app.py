@@ -8,7 +8,7 @@ import gradio as gr
 import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
-from .common import (ON_SPACES, OCR, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
+from .common import (ON_SPACES, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
                      list_examples, robust_cache_expiry)
 from .manager import ModelManager, is_offline
 
@@ -47,7 +47,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
               device: Optional[str] = None, manager: Optional[ModelManager] = None) -> gr.Blocks:
     """Build the explorer. Models come from ``manager`` or are loaded from the given sources."""
     manager = manager or create_manager(tokenizers, generators, device)
-    ctx = Ctx(manager=manager, ocr=OCR.load(), examples=list_examples())
+    ctx = Ctx(manager=manager, examples=list_examples())
     toks = manager.names("tokenizer")
     gens = manager.names("generator")
 

@@ -1,7 +1,8 @@
-"""Shared pieces of the UI: error handling, ZeroGPU, picture formatting, OCR/metric adapters."""
+"""Shared pieces of the UI: error handling, ZeroGPU, number formatting, the app context, gradio guards."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -9,8 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import gradio as gr
-import numpy as np
-import torch
 
 from ..loading import CheckpointError
 from ..sampling.oom import is_out_of_memory, release_memory
@@ -73,64 +72,12 @@ def event(fn: Callable, duration: int = 60) -> Callable:
     return gpu(handler(fn), duration=duration)
 
 
-# --------------------------------------------------------------------------- numbers
-def fmt(v: Optional[float], digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- metrics / OCR
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    from ..analysis import metrics
-    return float(metrics.psnr(a, b))
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    from ..analysis import metrics
-    return float(metrics.ssim(a, b))
-
-
-@dataclass
-class OCR:
-    """Adapter over ``softvq_demo.analysis.ocr`` (absent → ``available`` is False)."""
-
-    module: Any = None
-    error: str = ""
-
-    @classmethod
-    def load(cls) -> "OCR":
-        try:
-            from ..analysis import ocr
-            return cls(module=ocr)
-        except Exception as err:  # not landed yet, or its model missing
-            return cls(error=f"OCR unavailable ({type(err).__name__}: {err})")
-
-    @property
-    def available(self) -> bool:
-        return self.module is not None and hasattr(self.module, "read_text")
-
-    def read(self, image: np.ndarray) -> str:
-        if hasattr(self.module, "read_string"):
-            return str(self.module.read_string(image))
-        out = self.module.read_text(image)
-        if isinstance(out, (list, tuple)):
-            out = " ".join(str(getattr(t, "text", t)) for t in out)
-        return str(getattr(out, "text", out))
-
-    def boxes(self, image: np.ndarray) -> list[tuple[float, float, float, float]]:
-        if self.module is None or not hasattr(self.module, "detect_boxes"):
-            raise InputError("no text detector available: draw a box or type one")
-        out = []
-        for b in self.module.detect_boxes(image):
-            b = getattr(b, "box", b)
-            x0, y0, x1, y1 = (float(v) for v in list(b)[:4])
-            out.append((x0, y0, x1, y1))
-        return out
-
-    def similarity(self, pred: str, ref: str) -> float:
-        """T-NED: 1 − normalised edit distance (1 = same text)."""
-        return float(self.module.tned(pred, ref))
+# --------------------------------------------------------------------------- OCR
+def ocr_missing() -> Optional[str]:
+    """Why OCR cannot run here (its optional engine is not installed), or None when it can."""
+    if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        return "OCR unavailable: rapidocr-onnxruntime is not installed"
+    return None
 
 
 # --------------------------------------------------------------------------- app context
@@ -142,8 +89,12 @@ class Ctx:
     tok_a: Any = None
     tok_b: Any = None
     gen: Any = None
-    ocr: OCR = field(default_factory=OCR)
+    ocr_error: Optional[str] = field(default_factory=ocr_missing)  # None: OCR can run
     examples: list = field(default_factory=list)
+
+    @property
+    def ocr_on(self) -> bool:
+        return self.ocr_error is None
 
     def tokenizer(self, name):
         return self.manager.tokenizer(name)

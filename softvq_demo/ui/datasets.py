@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
+from ..data.textscenes import TextScenes
 from .common import list_examples
-from .inputs import InputError, model_image
+from .inputs import InputError, file_paths, load_batch, model_image
 
 SOURCES = ("examples", "textscenes", "upload")
 
@@ -35,95 +35,22 @@ def examples(size: int, limit: int = 256) -> ImageSet:
     return ImageSet(torch.cat(ims), names, labels, note=f"{len(names)} bundled examples")
 
 
-def _textscenes():
-    try:
-        from ..data import textscenes as ts
-        return ts
-    except ImportError as err:
-        raise InputError(f"the textscenes dataset module is not available ({err})") from err
-
-
 def textscenes(size: int, count: int, split: str = "heldout", seed: int = 0,
                with_masks: bool = False) -> ImageSet:
     """``count`` held-out textscenes images rendered at ``size`` (deterministic), with their class
     words, texts and ground-truth text masks."""
-    ts = _textscenes()
     count = int(count)
     if count < 1:
         raise InputError("ask for at least one textscenes image")
-    ds = ts.TextScenes(split=split, size=count, image_size=size, seed=seed)
-    ims, names, labels, masks = [], [], [], []
-    for i in range(len(ds)):
-        img, label, text, mask = _unpack(ds[i])
-        ims.append(_to_tensor(img, size))
-        words = getattr(ts, "CLASS_WORDS", None)
-        labels.append(words[int(label)] if (words is not None and label is not None) else str(label))
-        names.append(f"#{i} {text}" if text else f"#{i}")
-        masks.append(_mask_tensor(mask, size) if mask is not None else None)
-    m = None
-    if with_masks:
-        if any(mm is None for mm in masks):
-            raise InputError("this textscenes split has no text masks")
-        m = torch.stack(masks)
-    return ImageSet(torch.cat(ims), names, labels, m,
-                    note=f"{len(ims)} held-out textscenes images")
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _unpack(item):
-    """A dataset item (dict / tuple / object) → (image, label, text, mask)."""
-    if isinstance(item, dict):
-        img = item.get("image", item.get("img"))
-        return img, item.get("label", item.get("class")), item.get("text"), item.get("mask",
-                                                                                    item.get("text_mask"))
-    if isinstance(item, (tuple, list)):
-        img = item[0]
-        label = item[1] if len(item) > 1 else None
-        rest = list(item[2:])
-        text = next((r for r in rest if isinstance(r, str)), None)
-        mask = next((r for r in rest if isinstance(r, (torch.Tensor, np.ndarray))), None)
-        return img, label, text, mask
-    return (getattr(item, "image"), getattr(item, "label", None), getattr(item, "text", None),
-            getattr(item, "mask", None))
-
-
-def _to_tensor(img, size: int) -> torch.Tensor:
-    import torch.nn.functional as F
-    from PIL import Image
-
-    if isinstance(img, Image.Image) or isinstance(img, np.ndarray) and img.dtype == np.uint8:
-        return model_image(img if isinstance(img, Image.Image) else Image.fromarray(img), size)[0]
-    t = torch.as_tensor(img).float()
-    if t.dim() == 3:
-        t = t.unsqueeze(0)
-    if t.min() >= 0 and t.max() <= 1.0 + 1e-6:
-        t = t * 2 - 1
-    if t.shape[-1] != size:
-        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-    return t
-
-
-def _mask_tensor(mask, size: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    m = torch.as_tensor(np.asarray(mask)).float()
-    if m.dim() == 3:
-        m = m.amax(0)
-    if m.shape[-1] != size:
-        m = F.interpolate(m[None, None], size=(size, size), mode="nearest")[0, 0]
-    return m > 0.5
+    ds = TextScenes(split=split, size=count, image_size=size, seed=seed)
+    samples = [ds.sample(i) for i in range(len(ds))]
+    masks = torch.stack([torch.from_numpy(s.mask) for s in samples]) if with_masks else None
+    return ImageSet(torch.stack([s.tensor() for s in samples]),
+                    [f"#{i} {s.text}" for i, s in enumerate(samples)], [s.word for s in samples],
+                    masks, note=f"{len(samples)} held-out textscenes images")
 
 
 def get(source: str, size: int, count: int = 64, files=None, with_masks: bool = False) -> ImageSet:
-    from .inputs import file_paths, load_batch
-
     if source == "examples":
         s = examples(size, limit=count)
         if with_masks:

@@ -6,7 +6,8 @@ import gradio as gr
 from ..analysis.ablation import diff_maps
 from ..analysis.codec import compression_ratio, reconstruct
 from ..analysis.pictures import colorize, show, to_uint8, upscale_to
-from .common import Ctx, event, image_input, psnr, ssim
+from ..analysis import metrics, ocr
+from .common import Ctx, event, image_input
 from .inputs import FIT_MODES, model_image
 
 
@@ -25,25 +26,26 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
         if original_shown is None:
             original_shown = show(x[0])
         ratio, how = compression_ratio(tok)
-        row = {"tokenizer": name, "PSNR (dB)": round(psnr(rec, x), 2), "SSIM": round(ssim(rec, x), 4),
+        row = {"tokenizer": name, "PSNR (dB)": round(float(metrics.psnr(rec, x)), 2),
+               "SSIM": round(float(metrics.ssim(rec, x)), 4),
                "tokens": tok.num_tokens, "token dim": tok.token_dim,
                "compression": f"{ratio:.0f}×", "latency (ms)": round(1000 * times["total_s"], 1),
                "encode (ms)": round(1000 * times["encode_s"], 1),
                "decode (ms)": round(1000 * times["decode_s"], 1)}
-        if do_ocr and ctx.ocr.available:
+        if do_ocr and ctx.ocr_on:
             if ref_text is None:
-                ref_text = ctx.ocr.read(to_uint8(x[0]))
-            rec_text = ctx.ocr.read(to_uint8(rec[0]))
+                ref_text = ocr.read_string(to_uint8(x[0]))
+            rec_text = ocr.read_string(to_uint8(rec[0]))
             row["OCR original"] = ref_text
             row["OCR reconstruction"] = rec_text
-            row["T-NED"] = round(ctx.ocr.similarity(rec_text, ref_text), 3) if ref_text.strip() else None
+            row["T-NED"] = round(ocr.tned(rec_text, ref_text), 3) if ref_text.strip() else None
         rows.append(row)
         vmax = 0.5
         outs.append((show(rec[0]), upscale_to(colorize(heat, vmax), 256)))
         notes.append(f"**{name}** ({tok.describe()}): input {desc}. Compression {how}. "
                      f"Mean |error| {float(heat.mean()):.4f} (heatmap scale 0 → black, ≥ {vmax} → yellow).")
-    if do_ocr and not ctx.ocr.available:
-        notes.append(f"_OCR: {ctx.ocr.error or 'not available'}_")
+    if do_ocr and not ctx.ocr_on:
+        notes.append(f"_{ctx.ocr_error}_")
     elif do_ocr and ref_text is not None and not ref_text.strip():
         notes.append("_OCR found no text in the original, so no T-NED._")
     b = outs[1] if len(outs) > 1 else (None, None)

@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from ..analysis import ocr as O
 from ..analysis import text_tokens as T
 from ..analysis.codec import encode
 from ..analysis.pictures import colorize, overlay, to_uint8, upscale_to
@@ -38,7 +39,9 @@ def prepare_boxes(ctx: Ctx, image, tok_name: str, boxes_text: str):
 
 def detect(ctx: Ctx, image, tok_name: str):
     tok, x, desc, _ = prepare_boxes(ctx, image, tok_name, "")
-    boxes = ctx.ocr.boxes(to_uint8(x[0]))
+    if not ctx.ocr_on:
+        raise InputError(f"{ctx.ocr_error}: draw a box (two clicks) or type one")
+    boxes = O.detect_boxes(to_uint8(x[0]))
     if not boxes:
         gr.Warning("the detector found no text: draw a box (two clicks) or type one")
     return T.format_boxes(boxes), _canvas(x, boxes, tok.image_size), \
@@ -100,11 +103,11 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     mean, _ = dataset_mean(ctx, name, tok)
     if mean is None:  # no dataset on this install: the image's own mean token
         mean = lat.mean(0, keepdim=True).expand_as(lat).clone()
-    ocr = ctx.ocr if (use_ocr and ctx.ocr.available) else None
-    ref = ocr.read(to_uint8(x[0])) if ocr else None
+    ocr = use_ocr and ctx.ocr_on
+    ref = O.read_string(to_uint8(x[0])) if ocr else None
     res = T.analyze_text_tokens(tok, lat, mask, mode=mode if mode != "other" else "zero", mean=mean,
-                                read_text=ocr.read if ocr else None,
-                                similarity=ocr.similarity if ocr else None, reference_text=ref,
+                                read_text=O.read_string if ocr else None,
+                                similarity=O.tned if ocr else None, reference_text=ref,
                                 progress=progress)
     toks = res.text_tokens(k if k > 0 else None)
     auto_note = ""
@@ -117,13 +120,13 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     fig = T.text_effect_figure(res, title=f"{name}: effect inside vs outside the text")
     lines = [f"**{name}** text tokens{auto_note}: {', '.join(map(str, toks))}."]
     if ocr:
-        kt, dt = ocr.read(to_uint8(keep)), ocr.read(to_uint8(drop))
+        kt, dt = O.read_string(to_uint8(keep)), O.read_string(to_uint8(drop))
         lines.append(f"OCR original: {_q(ref)} · reconstruction: {_q(res.base_text)} (T-NED "
                      f"{res.base_similarity:.3f}) · keep only text tokens: {_q(kt)} (T-NED "
-                     f"{ocr.similarity(kt, ref):.3f}) · drop only text tokens: {_q(dt)} (T-NED "
-                     f"{ocr.similarity(dt, ref):.3f}).")
+                     f"{O.tned(kt, ref):.3f}) · drop only text tokens: {_q(dt)} (T-NED "
+                     f"{O.tned(dt, ref):.3f}).")
     else:
-        lines.append(f"_Ranking by pixels only: {ctx.ocr.error or 'OCR off'}._")
+        lines.append(f"_Ranking by pixels only: {ctx.ocr_error or 'OCR off'}._")
     # overlay: where the top text token acts
     top = res.ranking()[0]
     heat = colorize(res.ablation.maps[top])
