@@ -260,6 +260,16 @@ def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "softvq_demo" / "converted"
 
 
+def converted_folder(release: Release, cache_dir: Optional[PathLike] = None) -> Path:
+    return cache_root(cache_dir) / release.repo_id.replace("/", "--")
+
+
+def is_converted(release: Release, cache_dir: Optional[PathLike] = None) -> bool:
+    """Already converted into the local cache (so it loads offline)."""
+    target = converted_folder(release, cache_dir)
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def download_release(release: Release, *, cache_dir: Optional[PathLike] = None,
                      progress: bool = True) -> Path:
     """The release's pickle, fetched into the Hub cache (not opened here)."""
@@ -283,8 +293,8 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
     ``python -m softvq_demo convert`` in a child process (this process never unpickles)."""
     from .loading import CheckpointError
 
-    target = cache_root(cache_dir) / release.repo_id.replace("/", "--")
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    target = converted_folder(release, cache_dir)
+    if is_converted(release, cache_dir):
         return target
     bin_path = download_release(release, cache_dir=cache_dir, progress=progress)
     cmd = [sys.executable, "-m", "softvq_demo", "convert", str(bin_path), "--manifest",
