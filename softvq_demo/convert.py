@@ -164,7 +164,8 @@ def release_config(config: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def config_kind(config: dict[str, Any]) -> str:
     model = config.get("model")
-    return "generator" if isinstance(model, dict) and isinstance(model.get("generator"), dict) else "tokenizer"
+    is_generator = isinstance(model, dict) and isinstance(model.get("generator"), dict)
+    return "generator" if is_generator else "tokenizer"
 
 
 def model_tensors(config: dict[str, Any], kind: str) -> dict[str, tuple[int, ...]]:
@@ -192,7 +193,6 @@ def convert(bin_path: PathLike, out: PathLike, *, manifest: Optional[PathLike] =
     from the model our code builds for it; either way the converted folder is then checked once
     more against our model so that ``load_tokenizer``/``load_generator`` accept it.
     """
-    import torch
     from safetensors.torch import save_file
 
     from .loading import CheckpointError, check_keys, read_header
@@ -302,7 +302,8 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
            "--repo-id", release.repo_id]
     try:
         root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as err:
         raise CheckpointError(f"converting {release.repo_id} took longer than {timeout:.0f} s") from err
