@@ -164,7 +164,8 @@ def release_config(config: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def config_kind(config: dict[str, Any]) -> str:
     model = config.get("model")
-    return "generator" if isinstance(model, dict) and isinstance(model.get("generator"), dict) else "tokenizer"
+    is_generator = isinstance(model, dict) and isinstance(model.get("generator"), dict)
+    return "generator" if is_generator else "tokenizer"
 
 
 def model_tensors(config: dict[str, Any], kind: str) -> dict[str, tuple[int, ...]]:
@@ -192,7 +193,6 @@ def convert(bin_path: PathLike, out: PathLike, *, manifest: Optional[PathLike] =
     from the model our code builds for it; either way the converted folder is then checked once
     more against our model so that ``load_tokenizer``/``load_generator`` accept it.
     """
-    import torch
     from safetensors.torch import save_file
 
     from .loading import CheckpointError, check_keys, read_header
@@ -260,6 +260,16 @@ def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "softvq_demo" / "converted"
 
 
+def converted_folder(release: Release, cache_dir: Optional[PathLike] = None) -> Path:
+    return cache_root(cache_dir) / release.repo_id.replace("/", "--")
+
+
+def is_converted(release: Release, cache_dir: Optional[PathLike] = None) -> bool:
+    """Already converted into the local cache (so it loads offline)."""
+    target = converted_folder(release, cache_dir)
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def download_release(release: Release, *, cache_dir: Optional[PathLike] = None,
                      progress: bool = True) -> Path:
     """The release's pickle, fetched into the Hub cache (not opened here)."""
@@ -283,8 +293,8 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
     ``python -m softvq_demo convert`` in a child process (this process never unpickles)."""
     from .loading import CheckpointError
 
-    target = cache_root(cache_dir) / release.repo_id.replace("/", "--")
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    target = converted_folder(release, cache_dir)
+    if is_converted(release, cache_dir):
         return target
     bin_path = download_release(release, cache_dir=cache_dir, progress=progress)
     cmd = [sys.executable, "-m", "softvq_demo", "convert", str(bin_path), "--manifest",
@@ -292,7 +302,8 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
            "--repo-id", release.repo_id]
     try:
         root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as err:
         raise CheckpointError(f"converting {release.repo_id} took longer than {timeout:.0f} s") from err

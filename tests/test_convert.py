@@ -14,7 +14,7 @@ from softvq_demo import load_generator, load_tokenizer
 from softvq_demo.cli import main
 from softvq_demo.convert import ConversionError, Release, convert, read_state_dict
 
-PIXEL_TOL = 3e-5  # FIXTURES.md (see test_onedpiece.py)
+PIXEL_TOL = 5e-5  # see test_onedpiece.py
 
 
 class Payload:

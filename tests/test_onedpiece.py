@@ -16,9 +16,11 @@ from softvq_demo.loading import build_on_meta
 from softvq_demo.models.onedpiece import OneDPiece
 
 TOL = 1e-5
-# FIXTURES.md: an independent float32 re-statement matched the pixels to <= 2e-5 and the
-# straight-through rounding alone moves them by <= 3e-5, so pixels are compared at 3e-5.
-PIXEL_TOL = 3e-5
+# FIXTURES.md: compare pixels with a tolerance (an independent float32 re-statement matched them
+# to <= 2e-5; straight-through rounding alone moves them by <= 3e-5; random weights put pixels in
+# about [-3.8, 3.4]). Ours: <= 2.5e-5 (1 or 2 threads; logits <= 5.3e-6), so 5e-5 leaves a margin for
+# other BLAS builds while a wrong path (a prefix decoded as all tokens) is off by 2.8 or more.
+PIXEL_TOL = 5e-5
 PREFIXES = (1, 4, 8)
 SIZES = ("s", "b", "l")
 

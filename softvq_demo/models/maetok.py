@@ -206,7 +206,10 @@ class MAETokDecoder(ViTDecoder):
                                        heads)
         for i, block in enumerate(vit.blocks):
             a = None if angles is None else angles[i]
-            x = block(x, latents, a, prefix, gh * gw) if self.movq else vit_block(block, x, a, prefix, gh * gw)
+            if self.movq:
+                x = block(x, latents, a, prefix, gh * gw)
+            else:
+                x = vit_block(block, x, a, prefix, gh * gw)
         x = vit.norm(x, latents) if self.movq else vit.norm(x)
         x = self.to_pixel.model(x[:, prefix:prefix + gh * gw])  # B × hw × (p·p·3), [py, px, c]
         x = x.reshape(b, gh, gw, p, p, 3).permute(0, 5, 1, 3, 2, 4)

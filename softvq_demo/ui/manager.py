@@ -165,6 +165,9 @@ def _short(source: str) -> str:
 def _in_hub_cache(repo_id: Optional[str]) -> bool:
     if not repo_id:
         return False
+    from ..convert import find_release, is_converted
+    if find_release(repo_id) is not None:  # a pickle release: its converted copy is what loads
+        return is_converted(find_release(repo_id))
     try:
         from huggingface_hub import try_to_load_from_cache
         res = try_to_load_from_cache(repo_id, "config.json")
