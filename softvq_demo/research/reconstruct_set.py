@@ -135,7 +135,10 @@ def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
         inputs = np.stack([c[0] for c in crops])
         x = torch.from_numpy(inputs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         t0 = time.perf_counter()
-        recon = to_uint8_nhwc(_reconstruct(tokenizer, x, fast))
+        y = _reconstruct(tokenizer, x, fast)
+        if tuple(y.shape[1:]) != (3, size, size):
+            raise ValueError(f"the tokenizer decodes to shape {tuple(y.shape[1:])}, not images 3×{size}×{size}")
+        recon = to_uint8_nhwc(y)
         busy += time.perf_counter() - t0
         box_index, box_ref, box_pred = [], [], []
         for k, i in enumerate(range(start, stop)):
