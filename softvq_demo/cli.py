@@ -97,6 +97,7 @@ def add_research_commands(sub) -> None:
     rs.add_argument("--boxes", default=None, help="JSON {relative path: [[x0,y0,x1,y1], ...]} for "
                     "OCR text metrics")
     rs.add_argument("--rfid", action="store_true", help="compute rFID (reconstructions vs inputs)")
+    rs.add_argument("--workers", type=int, default=8, help="image-decoding threads per process")
     rs.add_argument("--reference-path", action="store_true", help="no CUDA fast path")
     rs.add_argument("--out", default="out/reconstruct-set")
     rs.add_argument("--device", default=None)
@@ -233,7 +234,8 @@ def cmd_research(args) -> None:
 
             tok = load_tokenizer(args.tokenizer, device=dist.device)
             summary = reconstruct_set(tok, args.folder, args.out, dist=dist, batch_size=args.batch_size,
-                                      boxes=args.boxes, fast=fast, sources={"tokenizer": args.tokenizer})
+                                      boxes=args.boxes, fast=fast, sources={"tokenizer": args.tokenizer},
+                                      workers=args.workers)
             ref = summary.get("inputs_npz") if args.rfid else None
         else:
             from .research.sample_set import sample_set

@@ -207,3 +207,19 @@ def test_center_crop_box_mapping():
     # the central square of the original maps onto the whole input
     assert map_box([75, 0, 225, 150], transform, 64) == (0, 0, 64, 64)
     assert map_box([0, 0, 40, 40], transform, 64) is None   # cropped away
+
+
+def test_maskgit_pair_samples_with_release_settings(reference, tmp_path):
+    from softvq_demo import load_generator, load_tokenizer
+
+    gen = load_generator(reference / "titok" / "maskgit_tiny", device="cpu")
+    tok = load_tokenizer(reference / "titok" / "tiny_pixels", device="cpu")
+    s = sample_set(gen, tok, 6, tmp_path, dist=CPU, seed=0, batch_size=4, progress=False)
+    with np.load(s["npz"]) as f:
+        assert f["arr_0"].shape == (6, 32, 32, 3) and f["arr_1"].tolist() == [0, 1, 2, 3, 4, 5]
+    # a stage-1 TiTok decodes to proxy-code logits, not pixels: refused by name, not written
+    legacy = load_tokenizer(reference / "titok" / "tiny_legacy", device="cpu")
+    with pytest.raises(ValueError, match="not images"):
+        sample_set(gen, legacy, 2, tmp_path / "legacy", dist=CPU, batch_size=2, progress=False)
+    opts = json.loads((tmp_path / "settings.json").read_text())["identity"]["options"]
+    assert opts["steps"] == gen.num_steps and opts["guidance_scale"] == gen.guidance_scale

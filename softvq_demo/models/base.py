@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..device import module_device
+
 
 def int_in_range(name: str, value: Any, lo: int, hi: int) -> int:
     """A config integer within sane bounds, checked before anything is allocated (memory bombs)."""
@@ -21,14 +23,6 @@ def int_in_range(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise ValueError(f"{name} = {value} is out of the sane range {lo}..{hi}")
     return int(value)
-
-
-def model_device(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def on_model_device(method: Callable) -> Callable:
@@ -42,7 +36,7 @@ def on_model_device(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        dev = model_device(self)
+        dev = module_device(self)
         args = tuple(a.to(dev) if isinstance(a, torch.Tensor) and a.device != dev else a for a in args)
         kwargs = {k: v.to(dev) if isinstance(v, torch.Tensor) and v.device != dev else v
                   for k, v in kwargs.items()}

@@ -93,8 +93,11 @@ def _reconstruct(tok, x: torch.Tensor, fast: Optional[bool]) -> torch.Tensor:
 
 def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
                     boxes: Optional[str] = None, fast: Optional[bool] = None,
-                    sources: Optional[dict] = None, progress: bool = True) -> dict:
-    """This rank's share of the folder; rank 0 joins the chunks and the metrics."""
+                    sources: Optional[dict] = None, progress: bool = True, workers: int = 8) -> dict:
+    """This rank's share of the folder; rank 0 joins the chunks and the metrics. ``workers``
+    threads decode and crop the images (JPEG decoding, not the GPU, sets the pace otherwise)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..analysis import metrics
     from ..data.images import load_image
     from ..sampling.fast import fast_enabled
@@ -122,12 +125,20 @@ def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
     bar = tqdm(total=sum(b - a for a, b in todo), unit="img", disable=not (progress and dist.is_main),
                desc="reconstruct-set")
     busy = 0.0
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+
+    def prepare(i: int):
+        return center_crop_arr(load_image(Path(folder) / files[i]), size)
+
     for start, stop in todo:
-        crops = [center_crop_arr(load_image(Path(folder) / files[i]), size) for i in range(start, stop)]
+        crops = list(pool.map(prepare, range(start, stop)))
         inputs = np.stack([c[0] for c in crops])
         x = torch.from_numpy(inputs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         t0 = time.perf_counter()
-        recon = to_uint8_nhwc(_reconstruct(tokenizer, x, fast))
+        y = _reconstruct(tokenizer, x, fast)
+        if tuple(y.shape[1:]) != (3, size, size):
+            raise ValueError(f"the tokenizer decodes to shape {tuple(y.shape[1:])}, not images 3×{size}×{size}")
+        recon = to_uint8_nhwc(y)
         busy += time.perf_counter() - t0
         box_index, box_ref, box_pred = [], [], []
         for k, i in enumerate(range(start, stop)):
@@ -146,6 +157,7 @@ def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
                   box_pred=np.array(box_pred, dtype=str))
         bar.update(stop - start)
     bar.close()
+    pool.shutdown()
     done = sum(b - a for a, b in todo)
     (done_all,) = _all_reduce(dist, [float(done)], "sum")
     (busy_max,) = _all_reduce(dist, [busy], "max")

@@ -115,6 +115,9 @@ def sample_set(generator, tokenizer, n: int, out, *, dist: Dist, seed: int = 0, 
         t0 = time.perf_counter()
         result = generate(generator, tokenizer, y, seed=index_generator(seed, 2, start), noise=noise,
                           fast=fast, **options)
+        if tuple(result.images.shape[1:]) != (3, size, size):
+            raise ValueError(f"the tokenizer decodes to shape {tuple(result.images.shape[1:])}, not images "
+                             f"3×{size}×{size} (a stage-1 TiTok without its pixel decoder?)")
         images = to_uint8_nhwc(result.images)
         times.append((stop - start, time.perf_counter() - t0))
         write_npz(shard_path(out, start, stop), images=images, labels=y.numpy(),
