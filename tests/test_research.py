@@ -44,10 +44,20 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
+def run_here(argv: list[str]) -> None:
+    """The CLI in this process with one thread, as the subprocesses run (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def single_run(reference, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
-    run([sys.executable, "-m", "softvq_demo", *sample_args(reference, out)])
+    run_here(sample_args(reference, out))
     return out
 
 
@@ -83,7 +93,7 @@ def test_killed_run_resumes_identical(reference, single_run, tmp_path):
     kept = sorted(shards.glob("*.npz"))
     assert 2 <= len(kept) < 16 and not (out / NPZ).exists(), "the run was not killed mid-way"
     kept[0].write_bytes(kept[0].read_bytes()[:100])   # a torn chunk file is redone, not trusted
-    run([sys.executable, "-m", "softvq_demo", *sample_args(reference, out)])
+    run_here(sample_args(reference, out))
     assert (out / NPZ).read_bytes() == (single_run / NPZ).read_bytes()
     done = json.loads((out / "settings.json").read_text())["summary"]["images_this_run"]
     assert 0 < done < 32   # the finished chunks were kept

@@ -186,6 +186,17 @@ def test_importance_and_deletion_curves_on_the_toy(toy):
     assert dc2.protocol is None and dc2.curve("inbox_error", "top")[0][0] > 0
     with pytest.raises(ValueError, match="permutation"):
         D.deletion_curves(toy, x, [0, 0, 1], baseline=black)
+    # no ground truth (uploads): the reference is the original's OCR, and the protocol says so
+    def read(im):   # one letter per text block, from its grey level
+        return "".join(chr(65 + int(im[4:8, 4 * b:4 * b + 4].mean()) // 32) for b in (1, 2))
+
+    orig = TB.OriginalOCR(x, read=read)
+    assert orig.references == [read(to_uint8(im)) for im in x] and "original" in orig.reference
+    dc3 = D.deletion_curves(toy, x, imp.per_image_ranking(), scorer=orig, masks=masks, baseline=black,
+                            ks=[1, 2, 16], random_draws=2)
+    assert dc3.protocol == TB.ORIGINAL_OCR_NAME and "not TokBench" in dc3.protocol
+    t3, _ = dc3.curve("t_ned_drop", "top")
+    assert t3[1] >= t3[0] > 0 and t3[1] >= dc3.curve("t_ned_drop", "random")[0][1]
 
 
 # --------------------------------------------------------------------------- prefix strip

@@ -19,8 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .codec import decode, encode
 from .baseline import Baseline, resolve
+from .codec import decode, encode
 from .importance import mean_se
 
 ProgressFn = Optional[Callable[[float, str], None]]

@@ -19,16 +19,15 @@ up to a given share of the total; it returns the rule in words with the tokens.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .ablation import ablated_latents
-from .codec import decode, encode
 from .baseline import Baseline, resolve
+from .codec import decode, encode
 from .text_tokens import Pick, boxes_to_mask, pick_by_share, region_effects
 
 ProgressFn = Optional[Callable[[float, str], None]]

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .ablation import keep_tokens
-from .codec import decode
 from .baseline import Baseline, resolve
+from .codec import decode
+from .pictures import to_uint8
 
 
 def doubling_ks(n: int) -> list[int]:
@@ -97,12 +99,8 @@ def prefix_strip(tok, latents: torch.Tensor, ranking: Sequence[int], *, baseline
                        prefix_decoded=prefix, baseline=base, ranking_source=ranking_source, notes=notes)
 
 
-def strip_image(strip: PrefixStrip, pad: int = 2) -> "object":
+def strip_image(strip: PrefixStrip, pad: int = 2) -> np.ndarray:
     """Both rows tiled into one H×W×3 uint8 image (row 1: first k, row 2: top k), for a gallery."""
-    import numpy as np
-
-    from .pictures import to_uint8
-
     rows = [strip.first, strip.top]
     k, _, h, w = strip.first.shape
     out = np.full((2 * (h + pad) + pad, k * (w + pad) + pad, 3), 255, np.uint8)

@@ -34,6 +34,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from . import ocr
+
 Box = tuple[float, float, float, float]
 Recognize = Callable[[np.ndarray], str]   # H×W×3 uint8 crop -> text
 ReadText = Callable[[np.ndarray], str]    # whole H×W×3 uint8 image -> all text read
@@ -48,11 +50,6 @@ ORIGINAL_OCR_NAME = ("OCR vs original (not TokBench): detection + recognition on
 
 
 # ------------------------------------------------------------------------------ metrics
-def _edit_distance(a: str, b: str) -> int:
-    from .ocr import edit_distance
-    return edit_distance(a, b)
-
-
 def word_accuracy(pred: str, gt: str) -> float:
     """TokBench T-ACC for one instance: 1.0 for an exact, case-sensitive match."""
     return float(str(pred) == str(gt))
@@ -64,7 +61,7 @@ def word_ned(pred: str, gt: str) -> float:
     pred, gt = str(pred), str(gt)
     if not pred and not gt:
         return 1.0
-    return 1.0 - _edit_distance(pred, gt) / max(len(pred), len(gt))
+    return 1.0 - ocr.edit_distance(pred, gt) / max(len(pred), len(gt))
 
 
 def size_ratio(box: Box, height: int, width: int) -> float:
@@ -99,13 +96,11 @@ def default_recognize(crop: np.ndarray) -> str:
     """rapidocr recognition only (no detection) of one crop; "" for an empty crop."""
     if crop.size == 0 or min(crop.shape[:2]) < 2:
         return ""
-    from .ocr import recognize
-    return recognize(crop)[0]
+    return ocr.recognize(crop)[0]
 
 
 def _as_uint8(image) -> np.ndarray:
-    from .ocr import as_rgb_uint8
-    return as_rgb_uint8(image)
+    return ocr.as_rgb_uint8(image)
 
 
 # ------------------------------------------------------------------------------ TokBench
@@ -186,8 +181,6 @@ def ocr_vs_original(reconstructions, originals, *, read: Optional[ReadText] = No
     """The no-ground-truth protocol: OCR (detection + recognition) of each reconstruction against
     the same OCR of its original; normalised T-ACC / T-NED (:func:`ocr.text_metrics`); pairs whose
     original reads empty are skipped and counted."""
-    from . import ocr
-
     read = read or ocr.read_string
     recs = list(reconstructions) if isinstance(reconstructions, torch.Tensor) else list(reconstructions)
     origs = list(originals) if isinstance(originals, torch.Tensor) else list(originals)
@@ -239,8 +232,6 @@ class OriginalOCR:
     reference = "OCR of the original image (no ground truth)"
 
     def __init__(self, originals, read: Optional[ReadText] = None):
-        from . import ocr
-
         self._read = read or ocr.read_string
         origs = list(originals) if isinstance(originals, torch.Tensor) else list(originals)
         self.references = [self._read(_as_uint8(o)) for o in origs]
@@ -252,8 +243,7 @@ class OriginalOCR:
         return self._read(_as_uint8(image))
 
     def score(self, j: int, images) -> np.ndarray:
-        from .ocr import tned
-        return np.asarray([tned(self._read(_as_uint8(im)), self.references[j]) for im in images],
+        return np.asarray([ocr.tned(self._read(_as_uint8(im)), self.references[j]) for im in images],
                           np.float64)
 
 
