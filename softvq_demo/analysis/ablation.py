@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
 from ..device import autocast, module_device
 
 REPLACEMENTS = ("zero", "mean", "noise", "other")
@@ -53,6 +54,7 @@ def encode(tok, images: torch.Tensor, batch_size: int = 64):
     dev = _device(tok)
     parts = []
     for start in range(0, images.shape[0], batch_size):
+        raise_if_cancelled()
         chunk = images[start:start + batch_size].to(dev, dtype=torch.float32)
         with autocast(dev):
             enc = tok.encode(chunk)
@@ -84,6 +86,7 @@ def decode(tok, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     dtype = _param_dtype(tok)
     out = []
     for start in range(0, latents.shape[0], batch_size):
+        raise_if_cancelled()
         chunk = latents[start:start + batch_size].to(dev)
         if chunk.is_floating_point():
             chunk = chunk.to(dtype if dtype.is_floating_point else torch.float32)

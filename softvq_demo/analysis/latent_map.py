@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
 from .ablation import encode
 
 METHODS = ("pca", "umap")
@@ -31,6 +32,7 @@ def encode_set(tok, images: torch.Tensor, batch_size: int = 64,
     parts = []
     m = images.shape[0]
     for start in range(0, m, batch_size):
+        raise_if_cancelled()
         parts.append(encode(tok, images[start:start + batch_size], batch_size).latents)
         if progress is not None:
             progress(min(1.0, (start + batch_size) / m), f"encoded {min(m, start + batch_size)}/{m}")
@@ -99,8 +101,27 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: i
 
     reducer = umap.UMAP(n_components=2, n_neighbors=int(min(max(2, n_neighbors), m - 1)),
                         min_dist=float(min_dist), random_state=int(seed), n_jobs=1,
-                        init="spectral" if m > 20 else "random", low_memory=True)
+                        init="spectral" if m > 20 else "random", low_memory=True,
+                        tqdm_kwds=_cancellable_epochs())
     return reducer.fit_transform(x).astype(np.float32)
+
+
+def _cancellable_epochs() -> dict:
+    """tqdm settings for UMAP's epoch loop (its one Python loop) whose hidden bar checks for
+    cancellation each time it would redraw (every 0.2 s)."""
+    import io
+
+    class CheckOnWrite(io.StringIO):
+        raised = False
+
+        def write(self, text):
+            if not self.raised:
+                self.raised = True
+                raise_if_cancelled()
+                self.raised = False
+            return len(text)
+
+    return {"disable": False, "file": CheckOnWrite(), "mininterval": 0.2}
 
 
 def project(x: np.ndarray, method: str = "pca", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:

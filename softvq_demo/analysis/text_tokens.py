@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
 from .ablation import (AblationResult, ablate_tokens, decode, keep_tokens, replace_tokens, to_uint8)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the model-size image
@@ -243,6 +244,7 @@ def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = "ze
     e_in, e_out, conc = [], [], []
     m = images.shape[0]
     for j in range(m):
+        raise_if_cancelled()
         area = float(masks[j].float().mean())
         if 0 < area < 1:
             ab = ablate_tokens(tok, lat[j], mode, mean=mean, seed=j)
