@@ -164,18 +164,17 @@ class FilePolicy:
     def allowed(self, path: Any) -> bool:
         if not isinstance(path, str) or not path or len(path) > 4096 or "\0" in path:
             return False
+        # gradio's record first, without touching the file: an upload's path is recorded (and
+        # returned to the client) before a background task has moved the file there
+        if self.written_by_server(os.path.abspath(path)):
+            return True
         real = _real(path)
-        if real is None:
+        if real is None or not any(real.startswith(d + os.sep) for d in self.extra_dirs):
             return False
         try:
-            st = os.lstat(path)
+            return stat.S_ISREG(os.lstat(path).st_mode)   # no links, folders, devices, fifos
         except (OSError, ValueError):
             return False
-        if not stat.S_ISREG(st.st_mode):          # no links, folders, devices, fifos
-            return False
-        if any(real.startswith(d + os.sep) for d in self.extra_dirs):
-            return True
-        return self.written_by_server(real) or self.written_by_server(os.path.abspath(path))
 
 
 def _check_file(block, payload, policy: FilePolicy) -> None:
@@ -226,8 +225,11 @@ def check_value(block, value, policy: FilePolicy) -> None:
         if not getattr(block, "allow_custom_value", False):
             choices = [c[1] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])]
             bad = [v for v in items if v is not None and v not in choices]
-            if bad:
-                _refuse(block, "not one of the choices offered")
+            if bad:   # a short plain value is named (it says which); a long one never echoed
+                v = bad[0]
+                named = f"{v!r} is " if isinstance(v, str) and len(v) <= 40 and v.isprintable() \
+                    and "/" not in v else ""
+                _refuse(block, f"{named}not in the list of choices")
     elif isinstance(block, gr.Textbox):
         if value is not None and not isinstance(value, str):
             _refuse(block, "expected text")
@@ -238,9 +240,31 @@ def check_value(block, value, policy: FilePolicy) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                   or not 0 <= value < n):
             _refuse(block, f"example index must be a whole number in 0..{max(n - 1, 0)}")
+    elif isinstance(block, (gr.Number, gr.Slider)):
+        from .inputs import InputError, check_number
+        try:
+            check_number(value, field_name(block), allow_none=isinstance(block, gr.Number))
+        except InputError as err:
+            raise gr.Error(clean_message(err), print_exception=False) from None
+        lo, hi = getattr(block, "minimum", None), getattr(block, "maximum", None)
+        if value is not None and ((lo is not None and float(value) < lo) or
+                                  (hi is not None and float(value) > hi)):
+            from .inputs import short
+            _refuse(block, f"{short(value)} is out of range: choose "
+                           f"{short(lo) if lo is not None else '−∞'}..{short(hi) if hi is not None else '∞'}")
     elif isinstance(block, gr.Checkbox):
         if value is not None and not isinstance(value, bool):
             _refuse(block, "expected true or false")
+
+
+def _session_copy(block, state):
+    """The session's own copy of a component (its choices may have been updated), as gradio uses."""
+    try:
+        if state is not None and block._id in state:
+            return state[block._id]
+    except Exception:  # noqa: BLE001 - fall back to the shared component
+        pass
+    return block
 
 
 def guard_inputs(demo: gr.Blocks) -> FilePolicy:
@@ -254,14 +278,22 @@ def guard_inputs(demo: gr.Blocks) -> FilePolicy:
         expected = block_fn.inputs
         if not isinstance(inputs, list) or len(inputs) != len(expected):
             n = len(inputs) if isinstance(inputs, list) else 0
-            names = ", ".join(field_name(b) for b in expected)
-            raise gr.Error(clean_message(f"expected {len(expected)} values ({names}), got {n}"),
+            api = [b for b in expected if not getattr(b, "skip_api", False)]   # state: not sent
+            names = ", ".join(field_name(b) for b in api)
+            raise gr.Error(clean_message(f"expected {len(api)} values ({names}), got {n}"),
                            print_exception=False)
-        for block, value in zip(expected, inputs):
-            if getattr(block, "stateful", False):
-                continue          # session state: the server's own, whatever the client sent
+        fields = [(_session_copy(b, state), v) for b, v in zip(expected, inputs)
+                  if not getattr(b, "stateful", False)]   # state: the server's own, whatever sent
+        # what is wrong with a value first, then whether its file is still here (an expired
+        # upload must not hide a bad number in another field)
+        for block, value in sorted(fields, key=lambda bv: isinstance(bv[0], (gr.Image, gr.File))):
             check_value(block, value, policy)
-        return await original(block_fn, inputs, state, explicit_call)
+        try:
+            return await original(block_fn, inputs, state, explicit_call)
+        except Exception as err:  # gradio's own validation: a user's mistake, answered quietly
+            log.warning("refused input of %s: %s", getattr(block_fn, "name", "?"),
+                        clean_message(f"{type(err).__name__}: {err}"))
+            raise gr.Error(_public_error(err), print_exception=False) from None
 
     demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
     demo._softvq_inputs_guarded = True      # type: ignore[attr-defined]

@@ -60,8 +60,13 @@ def decode_cost(src) -> int:
 
     if not isinstance(src, (str, os.PathLike)):
         return 0
+    import warnings
+
     try:
-        with Image.open(src, formats=di._formats()) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(src, formats=di._formats())
+        with im:
             w, h = im.size
             if w * h > di.MAX_PIXELS:   # load_image refuses it before decoding, with its size
                 return 0
