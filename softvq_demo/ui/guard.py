@@ -140,7 +140,8 @@ def _real(path: str) -> Optional[str]:
 
 class FilePolicy:
     """Which files a request may name: the ones this server wrote (gradio's record of uploads and
-    of the files it handed out, incl. cached examples) and the bundled examples. Gradio names them
+    of the files it handed out, incl. cached examples; or, failing the record, a cache file whose
+    folder is its keyed hash) and the bundled examples. Gradio names them
     ``<cache>/<sha256 keyed by a per-server secret>/<name>``: a path cannot be guessed from a file's
     content, so a session can only name another session's file if it was given its URL."""
 
@@ -169,11 +170,34 @@ class FilePolicy:
         if self.written_by_server(os.path.abspath(path)):
             return True
         real = _real(path)
-        if real is None or not any(real.startswith(d + os.sep) for d in self.extra_dirs):
+        if real is None:
             return False
         try:
-            return stat.S_ISREG(os.lstat(path).st_mode)   # no links, folders, devices, fifos
+            if not stat.S_ISREG(os.lstat(path).st_mode):   # no links, folders, devices, fifos
+                return False
         except (OSError, ValueError):
+            return False
+        if any(real.startswith(d + os.sep) for d in self.extra_dirs):
+            return True
+        return self.signed_by_server(real)
+
+    @staticmethod
+    def signed_by_server(real: str) -> bool:
+        """A file in gradio's cache whose folder is the sha256 of (this server's secret seed +
+        its bytes): gradio names every upload and every cached result so, and nobody without the
+        seed can. Covers files gradio's record has dropped (its expiry sweep removes a path it
+        finds missing, which happens while an upload is still being moved into place)."""
+        from gradio import processing_utils as pu
+        from gradio.utils import get_upload_folder
+
+        root = os.path.realpath(get_upload_folder())
+        if not real.startswith(root + os.sep):
+            return False
+        try:
+            if os.path.getsize(real) > MAX_UPLOAD_BYTES:
+                return False
+            return Path(real).parent.name == pu.hash_file(real)
+        except OSError:
             return False
 
 
