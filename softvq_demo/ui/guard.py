@@ -549,13 +549,23 @@ def sweep_cache(blocks: gr.Blocks, age: Optional[float], cache_dir: Optional[str
                 except OSError:
                     continue
             try:
-                if folder_old and not any(folder.iterdir()):
+                # an upload is recorded before a background task moves it into its (existing)
+                # folder: never remove a folder a recorded path points into, looked up just now
+                if folder_old and not any(folder.iterdir()) and not _named_in(blocks, folder):
                     folder.rmdir()
             except OSError:
                 continue
     except Exception as err:  # the schedule must survive whatever happens in one sweep
         log.warning("cache sweep failed (will retry): %s", err)
     return removed
+
+
+def _named_in(blocks, folder: Path) -> bool:
+    folder_text = os.path.abspath(folder) + os.sep
+    for fileset in list(blocks.temp_file_sets):
+        if any(os.path.abspath(f).startswith(folder_text) for f in list(fileset)):
+            return True
+    return False
 
 
 def install_cache_sweep() -> None:
