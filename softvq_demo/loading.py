@@ -299,6 +299,16 @@ def _short_list(items: list[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def check_finite(tensor: torch.Tensor, name: str, path: PathLike) -> None:
+    """Refuse a weight with NaN or ±inf (one pass while it is read; NaN weights used to load and
+    then decode to garbage or fail with an unrelated index error)."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(f"{path}: tensor {name} has {bad} non-finite value"
+                                  f"{'s' if bad > 1 else ''} (NaN or inf) of {tensor.numel()}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(t.numel() for t in model.state_dict().values())
 
@@ -352,12 +362,16 @@ def load_folder(folder: PathLike, kind: Optional[str] = None, device: DeviceLike
     with torch.no_grad(), safe_open(str(path), framework="pt", device="cpu") as f:
         for k in keys:
             if k not in elsewhere:
-                own[k].copy_(f.get_tensor(k))
+                tensor = f.get_tensor(k)
+                check_finite(tensor, k, path)
+                own[k].copy_(tensor)
     for other in sorted({p for p, _ in elsewhere.values()}):
         with torch.no_grad(), safe_open(str(other), framework="pt", device="cpu") as f:
             for k, (p, name) in elsewhere.items():
                 if p == other and k in own:
-                    own[k].copy_(f.get_tensor(name))
+                    tensor = f.get_tensor(name)
+                    check_finite(tensor, name, other)
+                    own[k].copy_(tensor)
     for k in getattr(model, "optional_keys", ()):
         if k in own and k not in header:
             own[k].zero_()

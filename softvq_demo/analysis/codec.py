@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..cancel import raise_if_cancelled
 from ..device import autocast, module_device
 from ..models.base import Encoded
 
@@ -41,8 +42,10 @@ def sync(dev: torch.device) -> None:
 
 
 def _batches(total: int, batch_size: int, progress: bool, desc: str):
-    return tqdm(range(0, total, batch_size), desc=desc, unit="batch", leave=False,
-                disable=not progress)
+    for start in tqdm(range(0, total, batch_size), desc=desc, unit="batch", leave=False,
+                      disable=not progress):
+        raise_if_cancelled()   # a cancelled event stops between batches
+        yield start
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
 from .codec import encode
 
 METHODS = ("pca", "umap")
@@ -32,6 +33,7 @@ def encode_set(tok, images: torch.Tensor, batch_size: int = 64,
     parts = []
     m = images.shape[0]
     for start in range(0, m, batch_size):
+        raise_if_cancelled()
         parts.append(encode(tok, images[start:start + batch_size], batch_size).latents)
         if progress is not None:
             progress(min(1.0, (start + batch_size) / m), f"encoded {min(m, start + batch_size)}/{m}")
@@ -119,7 +121,8 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: i
     reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=float(min_dist),
                         random_state=int(seed), n_jobs=1, init="pca" if m > 20 else "random",
                         n_epochs=int(n_epochs or umap_epochs(m)),
-                        precomputed_knn=(idx.astype(np.int32), dist.astype(np.float32), None))
+                        precomputed_knn=(idx.astype(np.int32), dist.astype(np.float32), None),
+                        tqdm_kwds=_cancellable_epochs())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "n_jobs overridden by random_state", no search index
         return reducer.fit_transform(x).astype(np.float32)
@@ -131,6 +134,24 @@ def warm_umap() -> float:
     t0 = time.perf_counter()
     umap_2d(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), n_epochs=5)
     return time.perf_counter() - t0
+
+
+def _cancellable_epochs() -> dict:
+    """tqdm settings for UMAP's epoch loop (its one Python loop) whose hidden bar checks for
+    cancellation each time it would redraw (every 0.2 s)."""
+    import io
+
+    class CheckOnWrite(io.StringIO):
+        raised = False
+
+        def write(self, text):
+            if not self.raised:
+                self.raised = True
+                raise_if_cancelled()
+                self.raised = False
+            return len(text)
+
+    return {"disable": False, "file": CheckOnWrite(), "mininterval": 0.2}
 
 
 def project(x: np.ndarray, method: str = "pca", seed: int = 0, n_neighbors: int = 15) -> np.ndarray:

@@ -26,6 +26,8 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
+
 DET_LIMIT_SIDE = 320     # rapidocr's own default (736) is 5-10x slower on 128 px images, no more accurate
 MIN_SCORE = 0.5
 
@@ -97,6 +99,7 @@ def _quad_to_box(quad) -> tuple[float, float, float, float]:
 
 def read_text(image, min_score: float = MIN_SCORE) -> list[OCRResult]:
     """Detect and read every text line: top-to-bottom, left-to-right."""
+    raise_if_cancelled()   # OCR runs once per token in the Text tokens tab
     rgb = as_rgb_uint8(image)
     eng = get_engine()
     with _call_lock:  # the engine keeps per-call state (thresholds); one call at a time

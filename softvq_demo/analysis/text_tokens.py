@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..cancel import raise_if_cancelled
 from .ablation import AblationResult, ablate_tokens, keep_tokens, replace_tokens
 from .baseline import DEFAULT_BASELINE
 from .codec import decode, encode
@@ -289,6 +290,7 @@ def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = DEF
     e_in, e_out, conc = [], [], []
     m = images.shape[0]
     for j in range(m):
+        raise_if_cancelled()
         area = float(masks[j].float().mean())
         if 0 < area < 1:
             ab = ablate_tokens(tok, lat[j], mode, mean=mean, seed=j)

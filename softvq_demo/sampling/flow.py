@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..cancel import raise_if_cancelled
 from .settings import check
 
 PATHS = ("linear", "cosine")
@@ -97,6 +98,7 @@ def sample_flow(model: Callable, noise: torch.Tensor, labels: torch.Tensor, *, s
     x = noise.to(torch.float64)
     total = len(grid) - 1
     for i in range(total):
+        raise_if_cancelled()
         t_cur, t_next = grid[i], grid[i + 1]
         dt = t_next - t_cur
         guide = is_guided(t_cur)

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..cancel import raise_if_cancelled
 from ..device import autocast, module_device
 from ..models.maskgit import GUIDANCE_DECAYS
 from .settings import resolve
@@ -92,6 +93,7 @@ def sample_maskgit(gen, labels: Labels, *, steps: Optional[int] = None,
 
     cfg = scale if decay == "constant" else 0.0
     for step in range(steps):
+        raise_if_cancelled()
         ratio = (step + 1) / steps
         tau = temperature * (1.0 - ratio)
         is_mask = ids == mask_id

@@ -10,6 +10,7 @@ import torch
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
 from .common import (ON_SPACES, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
                      list_examples, robust_cache_expiry)
+from .guard import install as install_guard, launch_settings as guard_launch_settings, scrub_paths
 from .manager import ModelManager, is_offline
 
 log = logging.getLogger("softvq_demo.ui")
@@ -58,7 +59,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             "each a softmax-weighted sum of codewords) and **TiTok** (discrete VQ tokens). "
             f"Running on **{_device_text(manager.device)}**"
             + (" (ZeroGPU)" if ON_SPACES else "") + ".")
-        notes = "\n".join(f"- {m}" for m in manager.messages)
+        notes = scrub_paths("\n".join(f"- {m}" for m in manager.messages))  # public config
         gr.Markdown(notes, visible=bool(notes), elem_id="startup-notes")
         with gr.Row():
             ctx.tok_a = gr.Dropdown(toks, value=toks[0] if toks else None, label="Tokenizer A",
@@ -68,7 +69,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             ctx.gen = gr.Dropdown(gens, value=gens[0] if gens else None, label="Generator",
                                   elem_id="gen")
         with gr.Accordion("Models: loaded, and more from the catalogue", open=not toks):
-            summary = gr.Markdown(manager.summary(), elem_classes=["model-summary"],
+            summary = gr.Markdown(scrub_paths(manager.summary()), elem_classes=["model-summary"],
                                   elem_id="model-summary")
             with gr.Row():
                 catalogue = gr.Dropdown(_catalogue_choices(), label="Catalogue model",
@@ -103,7 +104,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                                 progress=lambda f, m: progress(f, desc=m))
             t, g = manager.names("tokenizer"), manager.names("generator")
             msg = f"Loaded **{item.name}** ({item.kind}) in {item.seconds:.1f} s."
-            return (msg, manager.summary(), gr.update(choices=t), gr.update(choices=["none"] + t),
+            return (msg, scrub_paths(manager.summary()), gr.update(choices=t), gr.update(choices=["none"] + t),
                     gr.update(choices=g, value=item.name if item.kind == "generator" else None)
                     if item.kind == "generator" else gr.update(choices=g))
 
@@ -117,11 +118,13 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     guard_files(demo)
     atomic_image_cache()
     robust_cache_expiry()
+    install_guard(demo)   # the request boundary: inputs, messages, limits, cancellation (ui.guard)
     warm_up_umap()
     warm_up_generate(manager)
     demo.queue(default_concurrency_limit=2 if manager.device.type == "cpu" else 4, max_size=64)
     # Gradio 6 takes css/js at launch(): app.py passes these on.
-    demo.launch_kwargs = {"css": CSS, "js": click_js}  # type: ignore[attr-defined]
+    demo.launch_kwargs = {"css": CSS, "js": click_js,  # type: ignore[attr-defined]
+                          **guard_launch_settings()}
     demo.manager = manager  # type: ignore[attr-defined]
     demo.ctx = ctx          # type: ignore[attr-defined]
     return demo

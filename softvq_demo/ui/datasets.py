@@ -66,3 +66,40 @@ def get(source: str, size: int, count: int = 64, files=None, with_masks: bool = 
             raise InputError("uploaded images have no text masks: use textscenes")
         return ImageSet(ims, names, None, note=note)
     raise InputError(f"unknown image set {source!r}: use one of {', '.join(SOURCES)}")
+
+
+def one(source: str, size: int, count: int, files, index: int) -> ImageSet:
+    """Image ``index`` of the set ``get(source, size, count, files)``, without building the rest
+    (a latent-map click rebuilt all 2 048 images of the set for one of them). Uploads are read in
+    order up to the ``index``-th readable one, as ``get`` numbers them."""
+    from ..cancel import raise_if_cancelled
+    from .inputs import file_paths
+
+    index = int(index)
+    if source == "examples":
+        paths = list_examples()[:count]
+        if not 0 <= index < len(paths):
+            raise InputError(f"image index {index} out of range")
+        stem = Path(paths[index]).stem
+        return ImageSet(model_image(paths[index], size)[0], [stem], [stem.split("_")[0]])
+    if source == "textscenes":
+        ts = _textscenes()
+        ds = ts.TextScenes(split="heldout", size=int(count), image_size=size, seed=0)
+        img, label, text, _ = _unpack(ds[index])
+        words = getattr(ts, "CLASS_WORDS", None)
+        name = f"#{index} {text}" if text else f"#{index}"
+        return ImageSet(_to_tensor(img, size), [name],
+                        [words[int(label)] if (words is not None and label is not None) else str(label)])
+    if source == "upload":
+        readable = -1
+        for path in dict.fromkeys(file_paths(files)):
+            raise_if_cancelled()
+            try:
+                image = model_image(path, size)[0]
+            except InputError:
+                continue
+            readable += 1
+            if readable == index:
+                return ImageSet(image, [Path(path).name])
+        raise InputError(f"image index {index} out of range")
+    raise InputError(f"unknown image set {source!r}: use one of {', '.join(SOURCES)}")

@@ -76,16 +76,16 @@ def show_point(ctx: Ctx, state: dict, index):
         raise InputError("no point selected")
     i = parse_int(text, "image index", 0, state["n"] - 1)
     tok = ctx.tokenizer(state["tok"])
-    s = datasets.get(state["source"], tok.image_size, state["count"], state["files"])
+    s = datasets.one(state["source"], tok.image_size, state["count"], state["files"], i)  # not all
     lat = ctx.manager.cache.get((state["tok"], "latents", state["set_key"]))
     if lat is None:
-        lat = encode(tok, s.images[i:i + 1]).latents
+        lat = encode(tok, s.images[0:1]).latents
         i_lat = 0
     else:
         i_lat = i
     rec = decode(tok, lat[i_lat:i_lat + 1])[0]
-    label = f" · class {s.labels[i]}" if s.labels else ""
-    return show(s.images[i]), show(rec), f"Image {i}: {s.names[i]}{label}", i
+    label = f" · class {s.labels[0]}" if s.labels else ""
+    return show(s.images[0]), show(rec), f"Image {i}: {s.names[0]}{label}", i
 
 
 def build(ctx: Ctx):
