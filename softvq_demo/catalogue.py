@@ -98,16 +98,21 @@ CATALOGUE: list[ModelEntry] = [
              "official code; no fixture checks its numbers"),
     # --- our embedded models, trained on textscenes (checkpoints/) ------------------------------
     ModelEntry("textscenes-softvq-32", "tokenizer", "softvq", None, 128, 32, token_dim=32,
-               embedded="textscenes-softvq-32", notes="embedded; see its model card"),
+               embedded="textscenes-softvq-32",
+               notes="embedded demo model (3.8M parameters, 128 px, trained on rendered text: textscenes v2); "
+                     "official: softvq-l-64"),
     ModelEntry("textscenes-sit", "generator", "sit", None, 128, 32, token_dim=32,
                pair="textscenes-softvq-32", embedded="textscenes-sit",
-               notes="embedded; see its model card"),
+               notes="embedded demo model (3.9M parameters, 58 word classes of textscenes v2); "
+                     "official: sit-xl_softvq-l-64"),
     ModelEntry("textscenes-titok-128", "tokenizer", "titok", None, 128, 128, token_dim=16,
                codebook_size=1024, embedded="textscenes-titok-128",
-               notes="embedded; see its model card"),
+               notes="embedded demo model (3.8M parameters, 128 px, trained on rendered text: textscenes v2); "
+                     "official: titok-l32"),
     ModelEntry("textscenes-maskgit", "generator", "maskgit", None, 128, 128, codebook_size=1024,
                pair="textscenes-titok-128", embedded="textscenes-maskgit",
-               notes="embedded; see its model card"),
+               notes="embedded demo model (3.1M parameters, 58 word classes of textscenes v2); "
+                     "official: maskgit-titok-l32"),
     # --- MAETok (Hhhhhhao/continuous_tokenizer README; arXiv 2502.03444) ------------------------
     ModelEntry("maetok-b-128", "tokenizer", "maetok", "MAETok/maetok-b-128", 256, 128, token_dim=32,
                rfid=0.48, notes="continuous, no codebook; token dim 32 is a fork's value (read from "

@@ -147,6 +147,8 @@ def _region_psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> floa
     if not keep.any():
         return float("nan")
     mse = (err * weight).sum(dim=(1, 2, 3))[keep] / area[keep]
+    if bool((mse == 0).all()):
+        return float("inf")  # identical inside the region (the inputs' own row)
     return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
 

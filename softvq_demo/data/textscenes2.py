@@ -257,7 +257,7 @@ def _number(rng: np.random.Generator) -> str:
     big = int(rng.integers(0, 10_000))
     t = int(rng.integers(10))
     return [f"{big}", f"{n % 24:02d}:{m:02d}", f"${n}.{m:02d}", f"{n}%", f"#{big}", f"{n}-{m}",
-            f"{big / 100:.2f}", f"({n})", f"{n}/{m + 1}", f"{n}h"][t]
+            f"{big / 100:.2f}", f"({n})", f"{n}/{m + 1}", f"{n}:00"][t]  # no letters: the word split
 
 
 def _code(rng: np.random.Generator, bank: Bank, split: str) -> str:
