@@ -35,7 +35,7 @@ from test_app import launch, stop  # noqa: E402  (tests/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 CK = ROOT / "checkpoints"
-SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-32", "textscenes-sit", "textscenes-maskgit"
+SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-128", "textscenes-sit", "textscenes-maskgit"
 N_CLIENTS = int(os.environ.get("REDTEAM_CLIENTS", 16))
 N_ROUNDS = int(os.environ.get("REDTEAM_ROUNDS", 1))
 CACHE_TTL = 300                     # SOFTVQ_CACHE_TTL of the server (s): longer than the module
