@@ -119,12 +119,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local():
     """The tokenizer in this process: what the server must answer (computed independently)."""
-    from softvq_demo.ui.common import OCR, Ctx
+    from softvq_demo.ui.common import Ctx
     from softvq_demo.ui.manager import ModelManager
 
     m = ModelManager(device="cpu")
     m.load(str(CK / SV), "tokenizer")
-    return Ctx(manager=m, ocr=OCR())
+    return Ctx(manager=m)
 
 
 # ----------------------------------------------------------------------------- raw HTTP
