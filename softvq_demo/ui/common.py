@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
