@@ -7,7 +7,7 @@ import torch
 from ..analysis import codebook as C
 from ..analysis.codec import encode
 from . import datasets
-from .common import Ctx, event, image_input
+from .common import Ctx, event, handler, image_input
 from .inputs import InputError, model_image, parse_choice, parse_int
 
 
@@ -29,11 +29,13 @@ def posteriors(ctx: Ctx, image, tok_name: str, top):
               f"probability {float(stats.top_prob.mean()):.3f}. Input: {desc}.")
         return fig, efig, md
     if enc.indices is not None:
-        fig = C.indices_figure(enc.indices[0], title=f"{tok_name}: token indices (hard VQ)")
+        fig = C.indices_figure(enc.indices[0], title=f"{tok_name}: token indices (hard VQ)",
+                               num_codebooks=tok.num_codebooks)
         distinct = len(set(enc.indices[0].tolist()))
         md = (f"**{tok_name}** is a hard VQ tokenizer: each token is exactly one of "
               f"{tok.codebook_size} codewords (entropy 0). This image uses {distinct} distinct "
-              f"codewords over {tok.num_tokens} tokens. Input: {desc}.")
+              f"codewords over {tok.num_tokens} tokens. Input: {desc}. (No posteriors, so no "
+              "entropy plot and no top-codewords setting.)")
         return fig, None, md
     raise InputError(f"{tok_name} has continuous tokens without a codebook: nothing to show here")
 
@@ -88,9 +90,22 @@ def build(ctx: Ctx):
 
     btn.click(event(lambda im, t, k: posteriors(ctx, im, t, k)), [image, ctx.tok_a, top],
               [post, ent, md], api_name="codebook", concurrency_limit=4)
+
+    def follow_model(tok_name):
+        """The entropy plot and the top-codewords setting only mean something for soft
+        posteriors (SoftVQ): hidden for hard-VQ and continuous tokenizers."""
+        if not tok_name:
+            return gr.update(), gr.update()
+        tok = ctx.tokenizer(tok_name)
+        soft = tok.family == "softvq" and bool(tok.codebook_size)
+        return gr.update(visible=soft), gr.update(visible=soft)
+
+    ctx.tok_a.change(handler(follow_model), [ctx.tok_a], [top, ent], api_name=False)
+
     def ufn(t, s, c, f, progress=gr.Progress()):
         return usage(ctx, t, s, c, f, progress=lambda x, m: progress(x, desc=m))
 
     ubtn.click(event(ufn, duration=120),
                [ctx.tok_a, source, count, files], [ufig, utable], api_name="codebook_usage",
                concurrency_limit=2)
+    return follow_model, [top, ent]
