@@ -552,6 +552,12 @@ def decode_options(**options) -> Iterator[None]:
         _DECODE_OPTIONS.reset(token)
 
 
+def decode_settings() -> dict[str, Any]:
+    """The sampler settings a ``FlexTok.decode`` with no arguments uses here and now: the
+    release's, overridden by any ``decode_options`` in effect."""
+    return {**RELEASE_SAMPLING, "seed": DEFAULT_SEED, **_DECODE_OPTIONS.get()}
+
+
 def noise_from_seed(seed: int, batch: int, shape: tuple[int, int, int], *, per_image: bool = False,
                     device=None, dtype=torch.float32) -> torch.Tensor:
     """Initial VAE-latent noise B×C×h×w from ``seed``.
@@ -572,6 +578,7 @@ def noise_from_seed(seed: int, batch: int, shape: tuple[int, int, int], *, per_i
 class FlexTok(Tokenizer):
     family = "flextok"
     prefix_decodable = True
+    stochastic_decode = True  # decode samples from noise: the app shows and varies its seed
     # config.json's module order is execution order: save it unsorted (loading.save_pretrained).
     config_order_matters = True
 
@@ -765,7 +772,7 @@ class FlexTok(Tokenizer):
         ``seed`` (default 0; see ``noise_from_seed``). What was used is in ``self.last_decode``."""
         values = self.token_values(latents)
         b = values.shape[0]
-        opts = {**RELEASE_SAMPLING, "seed": DEFAULT_SEED, **_DECODE_OPTIONS.get()}
+        opts = decode_settings()
         steps = int_in_range("steps", opts["steps"] if steps is None else steps, 1, 1000)
         scale = float(opts["guidance_scale"] if guidance_scale is None else guidance_scale)
         if not math.isfinite(scale) or abs(scale) > 1e4:

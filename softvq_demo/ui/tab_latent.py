@@ -6,7 +6,7 @@ import gradio as gr
 from ..analysis import latent_map as L
 from ..analysis.ablation import decode
 from . import datasets
-from .common import Ctx, event, show
+from .common import Ctx, decode_note, event, seeded, show
 from .inputs import InputError, parse_choice, parse_int
 
 # Browser side: clicking a point of the plotly map writes its image index into a hidden textbox
@@ -85,7 +85,9 @@ def show_point(ctx: Ctx, state: dict, index):
         i_lat = i
     rec = decode(tok, lat[i_lat:i_lat + 1])[0]
     label = f" · class {s.labels[i]}" if s.labels else ""
-    return show(s.images[i]), show(rec), f"Image {i}: {s.names[i]}{label}", i
+    note = decode_note(tok)
+    return show(s.images[i]), show(rec), f"Image {i}: {s.names[i]}{label}" + (
+        f". {note}" if note else ""), i
 
 
 def build(ctx: Ctx):
@@ -120,7 +122,8 @@ def build(ctx: Ctx):
 
     btn.click(event(fn, duration=180), [ctx.tok_a, source, count, files, view, method, color],
               [plot, md, state, index], api_name="latent_map", concurrency_limit=2)
-    point = event(lambda st, i: show_point(ctx, st, i))
-    show_btn.click(point, [state, index], [orig, rec, caption, index], api_name="latent_point")
-    click.change(point, [state, click], [orig, rec, caption, index])
+    point = event(seeded(lambda st, i: show_point(ctx, st, i)))
+    show_btn.click(point, [state, index, ctx.decode_seed], [orig, rec, caption, index],
+                   api_name="latent_point")
+    click.change(point, [state, click, ctx.decode_seed], [orig, rec, caption, index])
     return CLICK_JS

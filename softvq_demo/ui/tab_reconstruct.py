@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..analysis.ablation import colorize, compression_ratio, diff_maps, reconstruct
-from .common import Ctx, event, image_input, psnr, show, ssim, upscale_to
+from .common import Ctx, decode_note, event, image_input, psnr, seeded, show, ssim, upscale_to
 from .inputs import FIT_MODES, model_image
 
 
@@ -41,7 +41,8 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
         vmax = 0.5
         outs.append((show(rec[0]), upscale_to(colorize(heat, vmax), 256)))
         notes.append(f"**{name}** ({tok.describe()}): input {desc}. Compression {how}. "
-                     f"Mean |error| {float(heat.mean()):.4f} (heatmap scale 0 → black, ≥ {vmax} → yellow).")
+                     f"Mean |error| {float(heat.mean()):.4f} (heatmap scale 0 → black, ≥ {vmax} → yellow)."
+                     + (" " + decode_note(tok) if decode_note(tok) else ""))
     if do_ocr and not ctx.ocr.available:
         notes.append(f"_OCR: {ctx.ocr.error or 'not available'}_")
     elif do_ocr and ref_text is not None and not ref_text.strip():
@@ -87,7 +88,7 @@ def build(ctx: Ctx):
     def fn(image, a, b, ocr_on, fit):
         return run_reconstruct(ctx, image, a, b, ocr_on, fit)
 
-    btn.click(event(fn), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit],
+    btn.click(event(seeded(fn)), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit, ctx.decode_seed],
               [orig, rec_a, heat_a, rec_b, heat_b, table, notes], api_name="reconstruct",
               concurrency_limit=4)
     return image

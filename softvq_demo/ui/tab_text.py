@@ -10,7 +10,7 @@ import torch
 from ..analysis import ablation as A
 from ..analysis import text_tokens as T
 from . import datasets
-from .common import Ctx, event, handler, image_input, upscale_to
+from .common import Ctx, decode_note, event, handler, image_input, seeded, upscale_to
 from .inputs import InputError, model_image, parse_choice, parse_int
 from .tab_tokens import MODES, dataset_mean
 
@@ -123,6 +123,8 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
                      f"{ocr.similarity(dt, ref):.3f}).")
     else:
         lines.append(f"_Ranking by pixels only: {ctx.ocr.error or 'OCR off'}._")
+    if decode_note(tok):
+        lines.append(decode_note(tok))
     # overlay: where the top text token acts
     top = res.ranking()[0]
     heat = A.colorize(res.ablation.maps[top])
@@ -255,11 +257,13 @@ def build(ctx: Ctx):
         return analyse(ctx, im, a, b, bx, mode, k, use_ocr, progress=progress)
 
     flat = [c for o in outs for c in o]
-    btn.click(event(fn, duration=240), [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr],
+    btn.click(event(seeded(fn), duration=240),
+              [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr, ctx.decode_seed],
               [canvas] + flat, api_name="text_tokens", concurrency_limit=2)
 
     def dfn(a, b, count, mode, progress=gr.Progress()):
         return dataset_view(ctx, a, b, count, mode, progress)
 
-    dbtn.click(event(dfn, duration=240), [ctx.tok_a, ctx.tok_b, count, mode], [dfig, dmd],
+    dbtn.click(event(seeded(dfn), duration=240), [ctx.tok_a, ctx.tok_b, count, mode, ctx.decode_seed],
+               [dfig, dmd],
                api_name="text_profile", concurrency_limit=1)

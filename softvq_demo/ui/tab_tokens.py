@@ -8,7 +8,7 @@ import torch
 
 from ..analysis import ablation as A
 from . import datasets
-from .common import Ctx, event, image_input, show, upscale_to
+from .common import Ctx, decode_note, event, image_input, seeded, show, upscale_to
 from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
 
 MODES = list(A.REPLACEMENTS)
@@ -33,7 +33,8 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     """Encode A (and B), ablate every token of A; reuses the user's state when nothing changed."""
     mode = parse_choice(mode, "replacement", MODES)
     seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
-    key = (str(image_a), str(image_b), tok_name, mode, seed)
+    from ..models.flextok import decode_settings
+    key = (str(image_a), str(image_b), tok_name, mode, seed, str(decode_settings()))
     if state and state.get("key") == key:
         return state
     tok = ctx.tokenizer(tok_name)
@@ -50,7 +51,7 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
         raise InputError("replacement 'another image's token' needs image B")
     res = A.ablate_tokens(tok, la, mode, mean=mean, other=lb, seed=seed)
     return {"key": key, "tok": tok_name, "xa": xa, "xb": xb, "la": la, "lb": lb, "desc": desc,
-            "mean": mean, "mean_note": mean_note, "res": res}
+            "mean": mean, "mean_note": mean_note, "res": res, "decode_note": decode_note(tok)}
 
 
 def ablation_view(st: dict, selected: int = 0):
@@ -66,6 +67,8 @@ def ablation_view(st: dict, selected: int = 0):
           f"click a cell to select it. Input: {st['desc']}.")
     if res.mode == "mean":
         md += f" Mean token from {st['mean_note']}."
+    if st.get("decode_note"):
+        md += " " + st["decode_note"]
     return upscale_to(grid, 384), A.effect_bar_figure(res.effect, selected), md
 
 
@@ -195,7 +198,7 @@ def build(ctx: Ctx):
         return (st, g, fig, md, gr.update(maximum=n - 1, value=top), gr.update(maximum=n),
                 b_img, a_img, h_img, t_md)
 
-    btn.click(event(do_ablate), common_in,
+    btn.click(event(seeded(do_ablate)), common_in + [ctx.decode_seed],
               [state, grid, bars, summary, token, k, base, ablated, heat, token_md],
               api_name="ablate", concurrency_limit=2)
 
@@ -204,7 +207,7 @@ def build(ctx: Ctx):
         return (st,) + token_view(st, i)
 
     token_out = [state, base, ablated, heat, token_md, bars]
-    token.release(event(do_token), common_in + [token], token_out, api_name="select_token")
+    token.release(event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out, api_name="select_token")
 
     def grid_click(state, evt: gr.SelectData):
         if not state or "res" not in state:
@@ -212,27 +215,27 @@ def build(ctx: Ctx):
         return gr.update(value=grid_cell(state["res"], evt.index[0], evt.index[1]))
 
     grid.select(handler_no_gpu(grid_click), [state], [token]).then(
-        event(do_token), common_in + [token], token_out)
+        event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out)
 
     def do_subset(state, a, b, tok, mode, seed, order, k):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + subset_view(ctx, st, order, k)
 
-    sub_btn.click(event(do_subset), common_in + [order, k], [state, sub_img, sweep, sub_md],
+    sub_btn.click(event(seeded(do_subset)), common_in + [order, k, ctx.decode_seed], [state, sub_img, sweep, sub_md],
                   api_name="subset", concurrency_limit=2)
 
     def do_swap(state, a, b, tok, mode, seed, tokens):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + swap_view(ctx, st, tokens)
 
-    swap_btn.click(event(do_swap), common_in + [swap_tokens], [state, rec_a, rec_b, swapped, swap_md],
+    swap_btn.click(event(seeded(do_swap)), common_in + [swap_tokens, ctx.decode_seed], [state, rec_a, rec_b, swapped, swap_md],
                    api_name="swap", concurrency_limit=2)
 
     def do_interp(state, a, b, tok, mode, seed, steps, method):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return st, interp_view(ctx, st, steps, method)
 
-    interp_btn.click(event(do_interp), common_in + [steps, method], [state, gallery],
+    interp_btn.click(event(seeded(do_interp)), common_in + [steps, method, ctx.decode_seed], [state, gallery],
                      api_name="interpolate", concurrency_limit=2)
 
 
