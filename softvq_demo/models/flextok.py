@@ -579,6 +579,8 @@ class FlexTok(Tokenizer):
     family = "flextok"
     prefix_decodable = True
     stochastic_decode = True  # decode samples from noise: the app shows and varies its seed
+    # A faster stand-in for ``sample_latents`` (sampling.flextok_fast.enable_fast_decode); None: off.
+    fast_sampler = None
     # config.json's module order is execution order: save it unsorted (loading.save_pretrained).
     config_order_matters = True
 
@@ -709,24 +711,27 @@ class FlexTok(Tokenizer):
         return tokens
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, values: torch.Tensor,
-                 keep_k: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None
-                 ) -> torch.Tensor:
+                 keep_k: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
+                 decoder: Optional[nn.Module] = None) -> torch.Tensor:
         """One decoder call: the predicted velocity (≈ noise − clean latents) at x_t, time t (B,).
 
         ``values``: B×N×d conditioning codes (a prefix shorter than N is padded); ``keep_k`` (B,)
-        how many are real (default: all given); ``uncond`` (B,) bool: the null condition."""
+        how many are real (default: all given); ``uncond`` (B,) bool: the null condition.
+        ``decoder``: a copy of ``self.decoder`` to run instead (the fast path's bf16 copy)."""
+        decoder = self.decoder if decoder is None else decoder
+        dtype = next(decoder.parameters()).dtype
         b, k = values.shape[:2]
         if k < self.num_tokens:
             values = torch.cat([values, values.new_zeros(b, self.num_tokens - k, values.shape[-1])], 1)
         if keep_k is None:
             keep_k = torch.full((b,), k, dtype=torch.long, device=values.device)
-        data = {self.data_keys["cond"]: values.to(self._dtype()), self.data_keys["keep_k"]: keep_k,
-                self.data_keys["noised"]: x_t.to(self._dtype()), self.data_keys["timesteps"]: t}
+        data = {self.data_keys["cond"]: values.to(dtype), self.data_keys["keep_k"]: keep_k,
+                self.data_keys["noised"]: x_t.to(dtype), self.data_keys["timesteps"]: t}
         if uncond is not None:
             if not self.has_null_condition:
                 raise ValueError("this FlexTok has no null condition: guidance is unavailable")
             data[self.data_keys["drop_flag"]] = uncond
-        return self.decoder(data)[self.data_keys["velocity"]]
+        return decoder(data)[self.data_keys["velocity"]]
 
     def sample_latents(self, values: torch.Tensor, noise: torch.Tensor, steps: int,
                        guidance_scale: float = 1.0, apg: bool = False,
@@ -788,7 +793,8 @@ class FlexTok(Tokenizer):
                 raise ValueError(f"noise must be {b}×{'×'.join(map(str, shape))}, got {tuple(noise.shape)}")
         self.last_decode = {"seed": seed, "steps": steps, "guidance_scale": scale,
                             "apg": apg and scale != 1, "tokens": values.shape[1]}
-        x = self.sample_latents(values, noise.to(values.device), steps, scale, apg)
+        sampler = self.sample_latents if self.fast_sampler is None else self.fast_sampler.sample_latents
+        x = sampler(values, noise.to(values.device), steps, scale, apg)
         return self.vae_decode(x)
 
 
