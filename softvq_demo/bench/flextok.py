@@ -55,7 +55,8 @@ def run(source: str, batch: int, steps: int, k: int, guidance: float, apg: bool,
                  "images / s": batch / ref_s, "max |Δ latents|": 0.0})
     fast = FlexTokFast(tok)
     fast_s, out = _time(lambda: fast.sample_latents(values, noise, steps, guidance, apg), repeats, dev)
-    how = f"{fast.dtype}, {'compiled' if fast.compiled else 'eager'}" + (", CUDA graphs" if fast.graphs else "")
+    how = f"{fast.dtype}, {'compiled' if fast.compiled else 'eager'}" + \
+        (", CUDA graphs" if fast.graphs else "")
     rows.append({"path": f"fast ({how})", "s / run": fast_s, "images / s": batch / fast_s,
                  "max |Δ latents|": float((out.float() - ref.float()).abs().max())})
     vae_s, _ = _time(lambda: tok.vae_decode(ref), repeats, dev)

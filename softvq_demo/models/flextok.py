@@ -615,6 +615,8 @@ class FlexTok(Tokenizer):
         grids = [m for m in self.encoder.module_dict.values() if isinstance(m, PositionEmbedding)]
         if len(registers) != 1 or len(patches) != 1 or len(grids) != 1:
             raise ValueError("FlexTok encoder: expected one register, patch and position module")
+        if grids[0].posembs.dim() != 4 or grids[0].posembs.shape[-2] != grids[0].posembs.shape[-1]:
+            raise ValueError("FlexTok encoder: only a square 2D patch grid (max_sizes [n, n]) is supported")
         self.num_tokens = registers[0].n
         self.token_dim = len(self.fsq.levels)
         self.codebook_size = self.fsq.codebook_size

@@ -207,7 +207,8 @@ def build(ctx: Ctx):
         return (st,) + token_view(st, i)
 
     token_out = [state, base, ablated, heat, token_md, bars]
-    token.release(event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out, api_name="select_token")
+    token.release(event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out,
+                  api_name="select_token")
 
     def grid_click(state, evt: gr.SelectData):
         if not state or "res" not in state:
@@ -221,14 +222,16 @@ def build(ctx: Ctx):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + subset_view(ctx, st, order, k)
 
-    sub_btn.click(event(seeded(do_subset)), common_in + [order, k, ctx.decode_seed], [state, sub_img, sweep, sub_md],
+    sub_btn.click(event(seeded(do_subset)), common_in + [order, k, ctx.decode_seed],
+                  [state, sub_img, sweep, sub_md],
                   api_name="subset", concurrency_limit=2)
 
     def do_swap(state, a, b, tok, mode, seed, tokens):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + swap_view(ctx, st, tokens)
 
-    swap_btn.click(event(seeded(do_swap)), common_in + [swap_tokens, ctx.decode_seed], [state, rec_a, rec_b, swapped, swap_md],
+    swap_btn.click(event(seeded(do_swap)), common_in + [swap_tokens, ctx.decode_seed],
+                   [state, rec_a, rec_b, swapped, swap_md],
                    api_name="swap", concurrency_limit=2)
 
     def do_interp(state, a, b, tok, mode, seed, steps, method):
