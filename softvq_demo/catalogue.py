@@ -110,6 +110,25 @@ CATALOGUE: list[ModelEntry] = [
                notes="embedded; see its model card"),
 ]
 
+
+# --- FlexTok tokenizers (apple/ml-flextok README; EPFL-VILAB on the Hub). 1..256 ordered FSQ tokens
+# (levels 8,8,8,5,5,5 = 64 000 codes) decoded by a rectified flow; research-only weights
+# (Apple AMLR licence). The VAE's weights are in each checkpoint; a config naming a VAE repo
+# (vae.hf_hub_path, e.g. EPFL-VILAB/flextok_vae_c16) makes the loader fetch that repo too.
+def _flextok(name, repo, notes=""):
+    return ModelEntry(f"flextok-{name}", "tokenizer", "flextok", f"EPFL-VILAB/flextok_{repo}", 256, 256,
+                      token_dim=6, codebook_size=64000,
+                      notes=("stochastic decoder (seeded); licence: Apple AMLR, research only. "
+                             + notes).strip())
+
+
+CATALOGUE += [
+    _flextok("d12-d12", "d12_d12_in1k", "ImageNet-1k"),
+    _flextok("d18-d18", "d18_d18_in1k", "ImageNet-1k"),
+    _flextok("d18-d28", "d18_d28_in1k", "ImageNet-1k"),
+    _flextok("d18-d28-dfn", "d18_d28_dfn", "DFN data"),
+]
+
 _BY_NAME = {e.name.lower(): e for e in CATALOGUE}
 _BY_REPO = {e.repo_id.lower(): e for e in CATALOGUE if e.repo_id}
 

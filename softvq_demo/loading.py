@@ -25,9 +25,10 @@ from .models.maskgit_vqgan import PixelDecoder
 # would exhaust a Space's memory. A config beyond it is treated as a memory bomb.
 MAX_PARAMETERS = 3_000_000_000
 WEIGHT_FILE = "model.safetensors"
+DIFFUSERS_WEIGHT_FILE = "diffusion_pytorch_model.safetensors"  # VAE repos (FlexTok's) in diffusers layout
 CONFIG_FILE = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-HUB_FILES = [CONFIG_FILE, WEIGHT_FILE, "README.md"]
+HUB_FILES = [CONFIG_FILE, WEIGHT_FILE, "README.md", DIFFUSERS_WEIGHT_FILE]
 
 PathLike = Union[str, os.PathLike]
 
@@ -115,9 +116,9 @@ def read_config(folder: PathLike) -> dict[str, Any]:
 
 
 def weight_file(folder: Path) -> Path:
-    path = folder / WEIGHT_FILE
-    if path.is_file():
-        return path
+    for name in (WEIGHT_FILE, DIFFUSERS_WEIGHT_FILE):
+        if (folder / name).is_file():
+            return folder / name
     candidates = sorted(folder.glob("*.safetensors"))
     if len(candidates) == 1:
         return candidates[0]
@@ -193,19 +194,25 @@ def build_on_meta(config: dict[str, Any], kind: Optional[str] = None) -> nn.Modu
 
 
 def load_folder(folder: PathLike, kind: Optional[str] = None, device: DeviceLike = None,
-                dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """Build the model a folder describes and fill its weights; strict about every tensor."""
+                dtype: Optional[torch.dtype] = None, allow_local: bool = True) -> nn.Module:
+    """Build the model a folder describes and fill its weights; strict about every tensor.
+
+    ``allow_local`` governs a companion folder the config may name (FlexTok's VAE): a Hub id is
+    always allowed, a local path only when the caller allows local paths."""
     from safetensors import safe_open
 
     folder = Path(folder)
     config = read_config(folder)
     try:
-        detect_family(config, kind)
+        family = detect_family(config, kind)
     except ValueError as err:
         raise CheckpointError(f"{folder}: {err}") from err
     path = weight_file(folder)
     header = read_header(path)
-    model = build_on_meta(config, kind)
+    build_config, elsewhere = config, {}
+    if family.companion is not None and family.companion.source(config):
+        build_config, elsewhere = _attach_companion(family.companion, config, header, allow_local)
+    model = build_on_meta(build_config, kind)
     keys = check_keys(model, header, str(path))
     dev = resolve_device(device)
     model = model.to_empty(device=dev)
@@ -216,7 +223,13 @@ def load_folder(folder: PathLike, kind: Optional[str] = None, device: DeviceLike
     own = model.state_dict()
     with torch.no_grad(), safe_open(str(path), framework="pt", device="cpu") as f:
         for k in keys:
-            own[k].copy_(f.get_tensor(k))
+            if k not in elsewhere:
+                own[k].copy_(f.get_tensor(k))
+    for other in sorted({p for p, _ in elsewhere.values()}):
+        with torch.no_grad(), safe_open(str(other), framework="pt", device="cpu") as f:
+            for k, (p, name) in elsewhere.items():
+                if p == other and k in own:
+                    own[k].copy_(f.get_tensor(name))
     for k in getattr(model, "optional_keys", ()):
         if k in own and k not in header:
             own[k].zero_()
@@ -227,11 +240,37 @@ def load_folder(folder: PathLike, kind: Optional[str] = None, device: DeviceLike
     return model
 
 
+def _attach_companion(companion, config: dict[str, Any], header: dict, allow_local: bool
+                      ) -> tuple[dict[str, Any], dict[str, tuple[Path, str]]]:
+    """Resolve the companion a config names, complete the config with its config.json, and add
+    its tensors that ``header`` lacks (in place); returns (build config, key -> (file, name))."""
+    source = str(companion.source(config)).strip()
+    path = Path(source).expanduser()
+    if allow_local and path.is_dir():
+        folder = path
+    elif _looks_like_repo_id(source):
+        folder = download_from_hub(source)
+    else:
+        raise CheckpointError(f"config names {source!r} for its weights: not a Hub repo id"
+                              + ("" if allow_local else " (local paths are not allowed here)")
+                              + ("" if not allow_local or path.is_dir() else ", nor a folder"))
+    build_config = companion.attach(config, read_config(folder))
+    file = weight_file(folder)
+    elsewhere = {}
+    for name, info in read_header(file).items():
+        key = companion.prefix + name
+        if key not in header:
+            header[key] = info
+            elsewhere[key] = (file, name)
+    return build_config, elsewhere
+
+
 def load_tokenizer(source: PathLike, device: DeviceLike = None, dtype: Optional[torch.dtype] = None,
                    **resolve_kwargs) -> Tokenizer:
     """Load a tokenizer (SoftVQ-VAE or TiTok) from a folder, catalogue name or Hub id."""
     folder = resolve_source(source, **resolve_kwargs)
-    model = load_folder(folder, "tokenizer", device, dtype)
+    model = load_folder(folder, "tokenizer", device, dtype,
+                        allow_local=resolve_kwargs.get("allow_local", True))
     model.catalogue_name = catalogue_name(source, folder)
     return model  # type: ignore[return-value]
 
@@ -272,7 +311,9 @@ def save_pretrained(model: nn.Module, folder: PathLike, readme: Optional[str] = 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(model.config, indent=2, sort_keys=True) + "\n")
+    # FlexTok's config lists modules in execution order: sorting it would change the model.
+    sort = not getattr(model, "config_order_matters", False)
+    (folder / CONFIG_FILE).write_text(json.dumps(model.config, indent=2, sort_keys=sort) + "\n")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHT_FILE))
     if readme is not None:

@@ -12,12 +12,23 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A second repo or folder that a model's config names (FlexTok's VAE, ``vae.hf_hub_path``):
+    its config.json completes the build config, and its weights fill the keys under ``prefix``
+    that the model's own checkpoint lacks (the model's own tensors win, as in the official load)."""
+    source: Callable[[dict], "str | None"]      # config -> repo id or folder, None if not used
+    attach: Callable[[dict, dict], dict]        # (config, companion config) -> config to build
+    prefix: str                                 # state-dict prefix of its tensors in the model
+
+
+@dataclass(frozen=True)
 class Family:
     name: str                                  # "softvq", "sit", "titok", "maskgit"
     kind: str                                  # "tokenizer" | "generator"
     detect: Callable[[dict], bool]             # does this config.json describe this family?
     build: Callable[[dict], nn.Module]         # config -> module with random/empty weights
     validate: Callable[[dict], None] | None = None  # raise ValueError on absurd/inconsistent configs
+    companion: Companion | None = None          # a second repo/folder the config names
 
 
 FAMILIES: dict[str, Family] = {}

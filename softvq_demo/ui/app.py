@@ -69,6 +69,12 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                                     elem_id="tok-b")
             ctx.gen = gr.Dropdown(gens, value=gens[0] if gens else None, label="Generator",
                                   elem_id="gen")
+            # FlexTok (issue 18): stochastic decoders draw from this seed; 🎲 picks a new one.
+            with gr.Column(scale=0, min_width=160):
+                # bounds checked by the handlers (``seeded``), so the message names the field
+                ctx.decode_seed = gr.Number(0, label="Decode seed (FlexTok)", precision=0,
+                                            elem_id="decode-seed")
+                redraw = gr.Button("🎲 new seed", size="sm", elem_id="decode-redraw")
         with gr.Accordion("Models: loaded, and more from the catalogue", open=not toks):
             summary = gr.Markdown(manager.summary(), elem_classes=["model-summary"],
                                   elem_id="model-summary")
@@ -120,6 +126,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
         load_btn.click(handler(load_model), [catalogue],
                        [load_md, summary, ctx.tok_a, ctx.tok_b, ctx.gen], api_name="load_model",
                        concurrency_limit=1)
+        redraw.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, ctx.decode_seed,
+                     api_name="new_decode_seed")
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
         demo.load(on_gen, [ctx.gen], gen_outputs)
         demo.load(handler(codebook_follow), [ctx.tok_a], codebook_outputs)

@@ -7,7 +7,7 @@ from ..analysis import latent_map as L
 from ..analysis.codec import decode, encode
 from ..analysis.pictures import show
 from . import datasets
-from .common import Ctx, event
+from .common import Ctx, decode_note, event, seeded
 from .inputs import InputError, parse_choice, parse_int
 
 # Browser side: clicking a point of the plotly map writes its image index into a hidden textbox
@@ -90,7 +90,9 @@ def show_point(ctx: Ctx, state: dict, index):
     if state.get("view") == "token" and token_part.strip():
         t = parse_int(token_part, "token index", 0, lat.shape[1] - 1)
         point = f"Token {t} of image {i}"
-    return show(s.images[i]), show(rec), f"{point}: {s.names[i]}{label}", i
+    note = decode_note(tok)
+    return show(s.images[i]), show(rec), f"{point}: {s.names[i]}{label}" + (
+        f". {note}" if note else ""), i
 
 
 def build(ctx: Ctx):
@@ -126,7 +128,8 @@ def build(ctx: Ctx):
 
     btn.click(event(fn, duration=180), [ctx.tok_a, source, count, files, view, method, color],
               [plot, md, state, index], api_name="latent_map", concurrency_limit=2)
-    point = event(lambda st, i: show_point(ctx, st, i))
-    show_btn.click(point, [state, index], [orig, rec, caption, index], api_name="latent_point")
-    click.change(point, [state, click], [orig, rec, caption, index])
+    point = event(seeded(lambda st, i: show_point(ctx, st, i)))
+    show_btn.click(point, [state, index, ctx.decode_seed], [orig, rec, caption, index],
+                   api_name="latent_point")
+    click.change(point, [state, click, ctx.decode_seed], [orig, rec, caption, index])
     return CLICK_JS

@@ -7,7 +7,7 @@ from ..analysis.ablation import diff_maps
 from ..analysis.codec import compression_ratio, reconstruct
 from ..analysis.pictures import colorize, show, to_uint8, upscale_to, with_colorbar
 from ..analysis import metrics, ocr
-from .common import Ctx, event, image_input
+from .common import Ctx, decode_note, event, image_input, seeded
 from .inputs import FIT_MODES, model_image
 
 
@@ -52,7 +52,8 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
                                                  ERROR_UNIT)))
         notes.append(f"**{name}** ({tok.describe()}): input {desc}. Compression {how}. "
                      f"Mean |error| {float(heat.mean()):.4f} ({ERROR_UNIT}; the map's colours are "
-                     f"capped at {ERROR_VMAX}).")
+                     f"capped at {ERROR_VMAX})."
+                     + (" " + decode_note(tok) if decode_note(tok) else ""))
     if do_ocr and not ctx.ocr_on:
         notes.append(f"_{ctx.ocr_error}_")
     elif do_ocr and ref_text is not None and not ref_text.strip():
@@ -98,7 +99,7 @@ def build(ctx: Ctx):
     def fn(image, a, b, ocr_on, fit):
         return run_reconstruct(ctx, image, a, b, ocr_on, fit)
 
-    btn.click(event(fn), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit],
+    btn.click(event(seeded(fn)), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit, ctx.decode_seed],
               [orig, rec_a, heat_a, rec_b, heat_b, table, notes], api_name="reconstruct",
               concurrency_limit=4)
     return image

@@ -18,7 +18,7 @@ from ..analysis.pictures import colorize, overlay, to_uint8, upscale_to
 from ..analysis.prefix import doubling_ks
 from ..analysis.tokbench import GroundTruthText, OriginalOCR
 from ..data.textscenes import TextScenes
-from .common import Ctx, event, handler, image_input
+from .common import Ctx, decode_note, event, handler, image_input, seeded
 from .inputs import InputError, model_image, parse_choice, parse_int
 
 MODES = list(REPLACEMENTS[:3])   # zero, the dataset mean token, noise (no second image here)
@@ -138,6 +138,8 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
                      f"{O.tned(dt, ref):.3f}).")
     else:
         lines.append(f"_Ranking by pixels only: {ctx.ocr_error or 'OCR off'}._")
+    if decode_note(tok):
+        lines.append(decode_note(tok))
     # Faithfulness on this image: ablating its own top-k vs k random vs its bottom-k tokens
     curves = deletion_curves(tok, x, [res.ranking()], scorer=OriginalOCR(x) if ocr else None,
                              masks=mask[None], baseline=base if mode != "noise" else None,
@@ -225,7 +227,8 @@ def dataset_view(ctx: Ctx, tok_a: str, tok_b: str, count, mode: str, progress=No
             f"ablating the top-k lowers it by {gap:+.3f} ± {gap_se:.3f} more than k random tokens "
             f"(mean over k). {imp.baseline.label}."
             + (f" T-NED: {imp.protocol}." if imp.protocol else f" _{ctx.ocr_error or 'OCR off'}: "
-               "pixels only._"))
+               "pixels only._")
+            + (" " + decode_note(tok) if decode_note(tok) else ""))
     metric = "t_ned_drop" if ctx.ocr_on else "inbox_error"
     return importance_figure(importance, top=16), "\n\n".join(lines), deletion_figure(curves, metric)
 
@@ -315,11 +318,13 @@ def build(ctx: Ctx):
         return analyse(ctx, im, a, b, bx, mode, k, use_ocr, progress=progress)
 
     flat = [c for o in outs for c in o]
-    btn.click(event(fn, duration=240), [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr],
+    btn.click(event(seeded(fn), duration=240),
+              [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr, ctx.decode_seed],
               [canvas] + flat, api_name="text_tokens", concurrency_limit=2)
 
     def dfn(a, b, count, mode, progress=gr.Progress()):
         return dataset_view(ctx, a, b, count, mode, progress)
 
-    dbtn.click(event(dfn, duration=240), [ctx.tok_a, ctx.tok_b, count, mode], [dfig_all, dmd, ddel],
+    dbtn.click(event(seeded(dfn), duration=240),
+               [ctx.tok_a, ctx.tok_b, count, mode, ctx.decode_seed], [dfig_all, dmd, ddel],
                api_name="text_profile", concurrency_limit=1)

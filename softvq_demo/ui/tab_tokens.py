@@ -12,7 +12,7 @@ from ..analysis.baseline import default_baseline
 from ..analysis.codec import decode, encode
 from ..analysis.pictures import colorize, map_grid, number_cells, show, upscale_to, with_colorbar
 from ..analysis.prefix import prefix_strip
-from .common import Ctx, event, handler, image_input
+from .common import Ctx, decode_note, event, handler, image_input, seeded
 from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
 
 MODES = list(A.REPLACEMENTS)
@@ -22,7 +22,8 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     """Encode A (and B), ablate every token of A; reuses the user's state when nothing changed."""
     mode = parse_choice(mode, "replacement", MODES)
     seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
-    key = (str(image_a), str(image_b), tok_name, mode, seed)
+    from ..sampling.settings import decode_settings   # a stochastic decoder's seed is in the key
+    key = (str(image_a), str(image_b), tok_name, mode, seed, str(decode_settings()))
     if state and state.get("key") == key:
         return state
     tok = ctx.tokenizer(tok_name)
@@ -36,7 +37,7 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     base = default_baseline(tok) if mode == "mean" else None   # the one documented baseline
     res = A.ablate_tokens(tok, la, mode, mean=base, other=lb, seed=seed)
     return {"key": key, "tok": tok_name, "xa": xa, "xb": xb, "la": la, "lb": lb, "desc": desc,
-            "res": res, "image_a": image_a}
+            "res": res, "image_a": image_a, "decode_note": decode_note(tok)}
 
 
 def ablation_view(st: dict, selected: int = 0):
@@ -52,6 +53,8 @@ def ablation_view(st: dict, selected: int = 0):
           f"{1000 * res.seconds:.0f} ms. Most important: {top}. Least: {order[-1]} "
           f"({float(res.effect[order[-1]]):.3g}). Grid: token i at row i // {cols}, column i % {cols} "
           f"(numbered); one shared colour scale; click a cell to select it. Input: {st['desc']}.")
+    if st.get("decode_note"):
+        md += " " + st["decode_note"]
     return with_colorbar(grid, vmax, MAP_UNIT), A.effect_bar_figure(res.effect, selected), md
 
 
@@ -105,7 +108,8 @@ def prefix_view(ctx: Ctx, st: dict, tok_b: str):
                                    f"{strip.rows()[0][0]}; bottom row {strip.rows()[1][0]}",
                                    visible=True))
         notes.append(f"**{name}**: {'; '.join(strip.notes) or 'a true prefix decode'}. "
-                     f"{strip.baseline.label}.")
+                     f"{strip.baseline.label}."
+                     + (" " + decode_note(tok) if decode_note(tok) else ""))
     while len(galleries) < 2:
         galleries.append(gr.update(value=None, visible=False))
         notes.append("_Pick a tokenizer B in the header to compare._")
@@ -221,7 +225,7 @@ def build(ctx: Ctx):
         return (st, g, fig, md, gr.update(maximum=n - 1, value=top), gr.update(maximum=n),
                 b_img, a_img, h_img, t_md)
 
-    btn.click(event(do_ablate), common_in,
+    btn.click(event(seeded(do_ablate)), common_in + [ctx.decode_seed],
               [state, grid, bars, summary, token, k, base, ablated, heat, token_md],
               api_name="ablate", concurrency_limit=2)
 
@@ -230,7 +234,8 @@ def build(ctx: Ctx):
         return (st,) + token_view(st, i)
 
     token_out = [state, base, ablated, heat, token_md, bars]
-    token.release(event(do_token), common_in + [token], token_out, api_name="select_token")
+    token.release(event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out,
+                  api_name="select_token")
 
     def grid_click(state, evt: gr.SelectData):
         if not state or "res" not in state:
@@ -238,20 +243,22 @@ def build(ctx: Ctx):
         return gr.update(value=grid_cell(state["res"], evt.index[0], evt.index[1]))
 
     grid.select(handler(grid_click), [state], [token]).then(
-        event(do_token), common_in + [token], token_out)
+        event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out)
 
     def do_subset(state, a, b, tok, mode, seed, order, k):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + subset_view(ctx, st, order, k)
 
-    sub_btn.click(event(do_subset), common_in + [order, k], [state, sub_img, sweep, sub_md],
+    sub_btn.click(event(seeded(do_subset)), common_in + [order, k, ctx.decode_seed],
+                  [state, sub_img, sweep, sub_md],
                   api_name="subset", concurrency_limit=2)
 
     def do_prefix(state, a, b, tok, mode, seed, tok_b):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + prefix_view(ctx, st, tok_b)
 
-    prefix_btn.click(event(do_prefix, duration=120), common_in + [ctx.tok_b],
+    prefix_btn.click(event(seeded(do_prefix), duration=120),
+                     common_in + [ctx.tok_b, ctx.decode_seed],
                      [state, strip_a, strip_b, prefix_md], api_name="prefix_strip",
                      concurrency_limit=2)
 
@@ -259,14 +266,16 @@ def build(ctx: Ctx):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + swap_view(ctx, st, tokens)
 
-    swap_btn.click(event(do_swap), common_in + [swap_tokens], [state, rec_a, rec_b, swapped, swap_md],
+    swap_btn.click(event(seeded(do_swap)), common_in + [swap_tokens, ctx.decode_seed],
+                   [state, rec_a, rec_b, swapped, swap_md],
                    api_name="swap", concurrency_limit=2)
 
     def do_interp(state, a, b, tok, mode, seed, steps, method):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return st, interp_view(ctx, st, steps, method)
 
-    interp_btn.click(event(do_interp), common_in + [steps, method], [state, gallery],
+    interp_btn.click(event(seeded(do_interp)), common_in + [steps, method, ctx.decode_seed],
+                     [state, gallery],
                      api_name="interpolate", concurrency_limit=2)
 
 
