@@ -147,7 +147,8 @@ CATALOGUE: list[ModelEntry] = [
 def _flextok(name, repo, notes=""):
     return ModelEntry(f"flextok-{name}", "tokenizer", "flextok", f"EPFL-VILAB/flextok_{repo}", 256, 256,
                       token_dim=6, codebook_size=64000,
-                      notes=("stochastic decoder (seeded); licence: Apple AMLR, research only. " + notes).strip())
+                      notes=("stochastic decoder (seeded); licence: Apple AMLR, research only. "
+                             + notes).strip())
 
 
 CATALOGUE += [

@@ -219,6 +219,7 @@ def test_codebook_on_softvq_fixture(tiny):
 
 
 # --------------------------------------------------------------------------- latent map
+@pytest.mark.slow
 def test_latent_map_views_and_projections(tiny):
     x = images(12, 64)
     lat = L.encode_set(tiny, x, batch_size=5)

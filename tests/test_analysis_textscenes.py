@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # real OCR over held-out images
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ["textscenes-softvq-32", "textscenes-titok-128"]
 

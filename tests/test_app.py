@@ -248,8 +248,10 @@ def test_generate(app):
 
 def test_text_tokens(app):
     out = call(app, "/text_tokens", f(app, "img0"), app["a"], app["b"], "10,10,40,30", "zero", 4, True)
-    canvas, ov_a, table_a, fig_a, keep_a, drop_a, md_a = out[:7]
-    ov_b, table_b, fig_b, keep_b, drop_b, md_b = out[7:]
+    canvas, ov_a, table_a, fig_a, keep_a, drop_a, md_a, del_a = out[:8]
+    ov_b, table_b, fig_b, keep_b, drop_b, md_b, del_b = out[8:]
+    # this image's own deletion curves: top-k, random-k and bottom-k for each k
+    assert len([t for t in plot(del_a)["data"] if t.get("mode") == "lines+markers"]) == 3
     rows = table(table_a)
     assert len(rows) == 16 and rows[0]["rank"] == 1
     assert rows[0]["score"] >= rows[-1]["score"]
@@ -281,17 +283,22 @@ def test_text_tokens_on_textscenes(app):
     assert len(rows) == 16
     if "T-NED drop" in rows[0]:
         assert "OCR original" in out[6] and all(0 <= r["T-NED after"] <= 1 for r in rows)
-    fig, md = call(app, "/text_profile", app["a"], app["b"], 3, "zero")
-    traces = plot(fig)["data"]
-    assert [len(arr(t["y"])) for t in traces] == [16, 8]   # SoftVQ and TiTok side by side
-    assert "over 3 images" in md
+    fig, md, dfig = call(app, "/text_profile", app["a"], app["b"], 3, "zero")
+    traces = plot(fig)["data"]           # per tokenizer: importance bars + concentration markers
+    assert [len(arr(t["y"])) for t in traces] == [16, 16, 8, 8]   # SoftVQ and TiTok side by side
+    assert "over 3 images" in md and "more than k random tokens" in md
+    assert {t.get("name", "").split(": ")[-1].split(" (")[0] for t in plot(dfig)["data"]
+            if t.get("name")} >= {"top-k of the ranking", "k random tokens", "bottom-k"}
 
 
 def test_model_loading_from_browser_is_catalogue_only(app):
     msg = err(app, "/load_model", "/etc")
     assert "catalogue" in msg or "not in the list of choices" in msg
-    msg = err(app, "/load_model", "softvq-l-64")   # a Hub model while offline
-    assert "offline" in msg.lower() or "could not" in msg.lower()
+    # a Hub model while offline: one readable line in the status box, not an error event (which
+    # would put red "Error" badges on the model pickers)
+    msg = call(app, "/load_model", "softvq-l-64")[0]
+    assert msg.startswith("⚠️ Could not load **softvq-l-64**") and "offline" in msg.lower()
+    assert len(msg.splitlines()) == 1
 
 
 def test_server_survived(app):

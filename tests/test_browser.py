@@ -184,9 +184,10 @@ def test_every_tab(ui_app, browser):
     d.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
     from selenium.webdriver import ActionChains
     w, h = grid.size["width"], grid.size["height"]
-    ActionChains(d).move_to_element_with_offset(grid, int(w * 0.3) - w // 2,
+    # the grid is square (a colour bar is appended on its right): x is measured on its height
+    ActionChains(d).move_to_element_with_offset(grid, int(h * 0.3) - w // 2,
                                                 int(h * 0.1) - h // 2).click().perform()
-    # the click lands on row 0, column 1 of the 4×4 grid: token 1
+    # the click lands on row 0, column 1 of the grid: token 1
     wait(d, lambda d: "Token 1: mean" in d.find_element(By.TAG_NAME, "body").text, 30,
          "token selection")
     click(d, "#lab-subset")
@@ -195,6 +196,9 @@ def test_every_tab(ui_app, browser):
     wait(d, lambda d: f"Kept 4/{n}" in d.find_element(By.TAG_NAME, "body").text
          and "Swapped 4 token(s)" in d.find_element(By.TAG_NAME, "body").text
          and "t = 1.00" in d.page_source, 60, "subset, swap and interpolation")
+    click(d, "#lab-prefix")   # the prefix strips of tokenizers A and B
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#lab-strip-a img")) >= 2
+         and len(d.find_elements(By.CSS_SELECTOR, "#lab-strip-b img")) >= 2, 90, "prefix strips")
     shot(d, "2-token-lab")
 
     # 3. Codebook: soft posteriors and usage over the examples/uploads
@@ -221,6 +225,7 @@ def test_every_tab(ui_app, browser):
         expected = "200 held-out textscenes images"
     else:
         pick("upload")
+        pick("image")       # uploads have no classes
         inputs = [i for i in d.find_elements(By.CSS_SELECTOR, "input[type=file][multiple]")
                   if i.is_enabled()]
         inputs[-1].send_keys("\n".join(str(files[k]) for k in ("img0", "img1", "img2", "rotated",
@@ -252,8 +257,36 @@ def test_every_tab(ui_app, browser):
     click(d, "#tt-run")
     wait(d, lambda d: "text tokens" in text(d, "tt-md-a") and has_plot(d, "tt-plot-a")
          and has_plot(d, "tt-plot-b"), 90, "text-token analysis")
-    assert "effect in text" in text(d, "tt-table-a")
+    assert "effect in text" in text(d, "tt-table-a") and "rule:" in text(d, "tt-md-a")
     shot(d, "6-text-tokens")
+    # "Clear boxes" clears the boxes and keeps the image on the canvas
+    click(d, "#tt-clear")
+    wait(d, lambda d: box.get_attribute("value") == "" and "boxes cleared" in d.page_source, 30,
+         "boxes cleared")
+    assert image_src(d, "tt-canvas") and image_src(d, "tt-input")
+
+    # A failed catalogue load (offline): one readable line, no red "Error" badges on the pickers
+    acc = [b for b in d.find_elements(By.CSS_SELECTOR, "button, .label-wrap")
+           if "Models: loaded" in b.text]
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", acc[0])
+    time.sleep(0.5)
+    hub = text(d, "catalogue")
+    box = el(d, "#catalogue input")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", box)
+    box.click()
+    from selenium.webdriver.common.keys import Keys
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("softvq-l-64")
+    time.sleep(0.5)
+    box.send_keys(Keys.ENTER)
+    time.sleep(0.5)
+    click(d, "#load-model")
+    wait(d, lambda d: "Could not load" in text(d, "load-status"), 60, "failed-load message")
+    for picker in ("tok-a", "tok-b", "gen"):
+        badges = d.find_elements(By.CSS_SELECTOR, f"#{picker} .error, #{picker} .status-tracker.error")
+        assert not [b for b in badges if b.is_displayed()], (picker, hub)
+        assert "Error" not in text(d, picker)
+    assert len(text(d, "load-status").strip().splitlines()) == 1
 
     errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"
               and "favicon" not in e.get("message", "")] if hasattr(d, "get_log") else []
@@ -284,5 +317,11 @@ def generate_in_browser(d, app):
             "const r = [...document.querySelectorAll('input[type=radio]')].find(x => x.checked && "
             "['linear','constant','power-cosine'].includes(x.value)); return !!r"), 30,
              "MaskGIT sampler defaults")
+        # MaskGIT hides the SiT controls: no SiT sampler methods, no guidance interval
+        assert not d.execute_script(
+            "return [...document.querySelectorAll('#gen-sampler input[type=radio]')]"
+            ".some(x => ['euler','heun','sde'].includes(x.value) && x.offsetParent !== null)")
+        assert not [e for e in d.find_elements(By.CSS_SELECTOR, "#gen-g-low, #gen-g-high")
+                    if e.is_displayed()]
         click(d, "#gen-run")
         wait(d, lambda d: f"{app['gen_b']} → {app['b']}" in text(d, "gen-notes"), 60, "MaskGIT run")

@@ -75,6 +75,7 @@ def test_embedded_checkpoint_is_complete_and_small(name, monkeypatch):
         assert cfg["class_names"] == list(CLASS_WORDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["textscenes-softvq-32", "textscenes-titok-128"])
 def test_tokenizer_beats_blurred_copies(name, heldout):
     _entry(name)
@@ -101,6 +102,7 @@ def test_softvq_latent_statistics_normalise(heldout):
 
 @pytest.mark.parametrize("gen_name,opts", [("textscenes-sit", dict(steps=10)),
                                            ("textscenes-maskgit", dict(steps=8))])
+@pytest.mark.slow
 def test_generator_images_decode_with_their_tokenizer(gen_name, opts):
     gen_entry = _entry(gen_name)
     tok_entry = _entry(gen_entry.pair)
@@ -121,6 +123,7 @@ def test_catalogue_pairs_the_embedded_models():
     assert embedded["textscenes-maskgit"].pair == "textscenes-titok-128"
 
 
+@pytest.mark.slow
 def test_sit_sampling_defaults_come_from_its_config():
     from softvq_demo.sampling import SIT_DEFAULTS, sit_defaults
 

@@ -81,6 +81,7 @@ def test_class_out_of_range(capsys, softvq_tiny, sit_tiny, tmp_path):
                             "--classes", "5000", "--out", str(tmp_path)], "out of range")
 
 
+@pytest.mark.slow
 def test_bad_value_from_a_real_process(softvq_tiny, sit_tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "softvq_demo", "generate", "--generator", sit_tiny,
                            "--tokenizer", softvq_tiny, "--steps", "-3", "--out", str(tmp_path)],

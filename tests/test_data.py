@@ -131,6 +131,7 @@ def test_photo_crops():
     assert not np.array_equal(a, ts.photo_crops(3, 96, seed=2))
 
 
+@pytest.mark.slow
 def test_ocr_reads_heldout_words(record_property):
     ocr = pytest.importorskip("softvq_demo.analysis.ocr")
     try:

@@ -36,6 +36,7 @@ class GreyTokenizer(IdentityTokenizer):
         return torch.zeros_like(latents)   # loses everything
 
 
+@pytest.mark.slow
 def test_identity_tokenizer_scores_perfectly():
     res = ev.evaluate_tokenizer(IdentityTokenizer(), n=6, photos=3, progress=False)
     t, p = res["textscenes"], res["photos"]
@@ -49,6 +50,7 @@ def test_identity_tokenizer_scores_perfectly():
     assert "textscenes" in table and "photos" in table
 
 
+@pytest.mark.slow
 def test_broken_tokenizer_scores_badly():
     res = ev.evaluate_tokenizer(GreyTokenizer(), n=4, photos=0, progress=False)
     t = res["textscenes"]
@@ -56,6 +58,7 @@ def test_broken_tokenizer_scores_badly():
     assert t["psnr"] < 15 and t["t_acc"] == 0.0 and t["word_acc"] == 0.0
 
 
+@pytest.mark.slow
 def test_cli_on_fixtures(reference, tmp_path, capsys):
     tok = reference / "softvq" / "tiny"
     gen = reference / "softvq" / "sit_tiny"

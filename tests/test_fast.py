@@ -164,6 +164,7 @@ def test_switches(monkeypatch):
     assert not fast.compile_enabled(torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_bench_harness_tiny_cpu(tmp_path):
     """``python -m softvq_demo.bench --device cpu --tiny --mode core`` runs and checks itself."""
     from softvq_demo.bench.gpu import main

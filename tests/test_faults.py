@@ -36,6 +36,7 @@ def inject_oom(monkeypatch, gen, limit: int, exc=torch.OutOfMemoryError) -> list
     return seen
 
 
+@pytest.mark.slow
 def test_oom_falls_back_to_smaller_batches(local, monkeypatch):
     from softvq_demo import generate
     from softvq_demo.sampling.oom import generate_with_fallback

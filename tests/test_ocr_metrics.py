@@ -36,6 +36,7 @@ def test_psnr_known_value():
     assert metrics.psnr(a[0], b[0]) == pytest.approx(20.0, abs=1e-4)  # a single 3×H×W image
 
 
+@pytest.mark.slow
 def test_ssim_matches_scikit_image(batch):
     from skimage.metrics import structural_similarity
 
@@ -130,6 +131,7 @@ def test_detect_and_recognize(engine):
     assert text.lower() == "zebra" and score > 0.8
 
 
+@pytest.mark.slow
 def test_ocr_accepts_model_tensors_and_compares(engine):
     s = ts.render_sample(ts.split_seed("heldout"), 0)
     t = s.tensor()

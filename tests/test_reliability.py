@@ -184,20 +184,23 @@ def test_bad_images_every_image_endpoint(server, local):
 def numeric_fields(img) -> list[tuple[str, list, int, str]]:
     gen = [SIT, [1], 1.5, 0.0, 0.7, 3, "euler", 0, 1]
     lab = [img, img, SV, "mean", 0]
+    seed = [0]  # the header's decode seed (FlexTok, issue 18): last input of every decoding event
     return ([("generate", gen, i, n) for i, n in ((2, "CFG scale"), (3, "guidance from"),
                                                    (4, "guidance to"), (5, "steps"), (7, "seed"),
                                                    (8, "batch size"))]
             + [("codebook", [img, SV, 8], 2, "top codewords"),
-               ("ablate", lab, 4, "noise seed"),
-               ("select_token", lab + [3], 5, "Selected token"),
-               ("subset", lab + ["first", 3], 6, "k tokens"),
-               ("interpolate", lab + [3, "linear"], 5, "steps"),
+               ("ablate", lab + seed, 4, "noise seed"),
+               ("ablate", lab + seed, 5, "decode seed"),
+               ("select_token", lab + [3] + seed, 5, "Selected token"),
+               ("subset", lab + ["first", 3] + seed, 6, "k tokens"),
+               ("interpolate", lab + [3, "linear"] + seed, 5, "steps"),
                ("latent_map", [SV, "examples", 4, [], "image", "pca", "image"], 2, "images"),
-               ("latent_point", [0], 0, "image index"),
+               ("latent_point", [0] + seed, 0, "image index"),
                ("codebook_usage", [SV, "examples", 4, []], 2, "images"),
-               ("text_tokens", [img, SV, "none", "1,1,40,40", "zero", 2, False], 5, "text tokens"),
+               ("text_tokens", [img, SV, "none", "1,1,40,40", "zero", 2, False] + seed, 5,
+                "text tokens"),
                ("textscenes_sample", [SV, 2], 1, "textscenes sample"),
-               ("text_profile", [SV, "none", 2, "zero"], 2, "textscenes images")])
+               ("text_profile", [SV, "none", 2, "zero"] + seed, 2, "textscenes images")])
 
 
 BAD_NUMBERS = [float("nan"), float("inf"), float("-inf"), -1e308, 10**400, "nan", None, [], True]

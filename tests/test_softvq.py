@@ -129,6 +129,7 @@ def inference_keys(m):
     return {k: tuple(v[0]) for k, v in m["keys"].items() if k not in skip}
 
 
+@pytest.mark.slow
 def test_softvq_l64_matches_manifest(reference):
     m = manifest(reference, "softvq-l-64")
     model = build_on_meta(m["config"], "tokenizer")

@@ -243,6 +243,7 @@ def test_indices_figure_uses_each_tokens_own_codebook():
     assert C.usage_figure(usage).layout.yaxis.type == "log"
 
 
+@pytest.mark.slow
 def test_latent_map_colouring_is_never_silently_wrong(monkeypatch):
     lat = torch.randn(30, 4, 3, generator=torch.Generator().manual_seed(0))
     pooled = L.latent_map(lat, "image", "pca", labels=[f"c{i % 12}" for i in range(30)])
@@ -259,6 +260,7 @@ def test_latent_map_colouring_is_never_silently_wrong(monkeypatch):
 
 
 # --------------------------------------------------------------------------- the embedded model, real OCR
+@pytest.mark.slow
 def test_importance_beats_random_on_held_out_images():
     name = "textscenes-softvq-32"
     if not (ROOT / "checkpoints" / name / "config.json").is_file():

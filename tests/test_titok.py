@@ -111,6 +111,7 @@ def test_pixel_decoder_loader_is_strict(titok_ref, tmp_path):
         load_pixel_decoder(tmp_path)
 
 
+@pytest.mark.slow
 def test_two_stage_decode_path(titok_ref):
     """finetune_decoder: softmax over the 1024 logits → expected pixel code → pixel decoder."""
     config = json.loads((titok_ref / "tiny_legacy" / "config.json").read_text())

@@ -16,6 +16,8 @@ from softvq_demo.train.common import (EMA, _flatten_optimizer, _unflatten_optimi
                                       load_train_state, save_train_state)
 from softvq_demo.train.losses import cosine_mask, reconstruction_loss, soft_vq_entropy_loss
 
+pytestmark = pytest.mark.slow  # training runs
+
 TINY = ["--preset", "tiny", "--batch-size", "16", "--workers", "0", "--render-batch", "16",
         "--min-fill", "64", "--log-every", "10", "--warmup", "5", "--lr", "2e-3", "--no-progress",
         "--save-every", "0"]

@@ -7,6 +7,10 @@ over the batch and returns a Python float, ``reduction="none"`` returns a B tens
 SSIM is Wang et al.'s: 11-tap Gaussian window (σ = 1.5), C1 = 0.01², C2 = 0.03², per RGB channel
 then averaged, valid region only: the same numbers as ``skimage.metrics.structural_similarity(a,
 b, channel_axis=-1, data_range=1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
+
+Not torchmetrics: its SSIM pads and crops the borders differently and lands ~1e-4 away from
+scikit-image's (measured on 64 px images), while this one matches it to 1e-7 (tested) and runs
+batched; PSNR is one line over the MSE.
 """
 from __future__ import annotations
 

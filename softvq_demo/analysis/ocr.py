@@ -25,6 +25,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from rapidfuzz.distance import Levenshtein
 
 from ..cancel import raise_if_cancelled
 
@@ -154,16 +155,8 @@ def normalize_text(s: Optional[str]) -> str:
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance (insertions, deletions, substitutions all cost 1), by rapidfuzz."""
+    return Levenshtein.distance(a, b)
 
 
 def tned(pred: str, ref: str) -> float:

@@ -7,10 +7,15 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data.images import to_uint8  # the one tensor → uint8 conversion (data/ owns images)
+
+FONT = Path(__file__).resolve().parents[2] / "assets" / "fonts" / "DejaVuSans.ttf"
 
 # A perceptual colormap (inferno), 9 anchors interpolated linearly: no matplotlib needed.
 _INFERNO = np.array([
@@ -70,4 +75,66 @@ def map_grid(maps: torch.Tensor, columns: Optional[int] = None, pad: int = 2,
     return grid
 
 
-__all__ = ["colorize", "overlay", "upscale", "upscale_to", "show", "map_grid", "to_uint8"]
+def _font(size: int):
+    try:
+        return ImageFont.truetype(str(FONT), size)
+    except OSError:  # a trimmed install without assets/: PIL's own bitmap font
+        return ImageFont.load_default()
+
+
+def with_colorbar(image: np.ndarray, vmax: float, label: str, vmin: float = 0.0,
+                  ticks: int = 3) -> np.ndarray:
+    """``image`` (an H×W×3 heat map drawn with :func:`colorize` on [vmin, vmax]) with a vertical
+    inferno colour bar on its right: tick values and ``label`` (the unit), so the colours read as
+    numbers. Returns a wider H×W'×3 uint8 image."""
+    h, w = image.shape[:2]
+    size = max(10, h // 22)
+    font = _font(size)
+    bar_w = max(8, h // 24)
+    label_w = int(font.getlength(label)) if hasattr(font, "getlength") else 6 * len(label)
+    tick_text = [f"{vmin + (vmax - vmin) * i / (ticks - 1):.3g}" for i in range(ticks)]
+    text_w = max(int(font.getlength(t)) if hasattr(font, "getlength") else 6 * len(t) for t in tick_text)
+    pad = size // 2
+    top, bottom = size, size
+    canvas = Image.new("RGB", (w + pad + bar_w + pad + text_w + pad + size + pad, h), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    length = h - top - bottom
+    ramp = colorize(np.linspace(1.0, 0.0, length)[:, None].repeat(bar_w, 1), 1.0)
+    x0 = w + pad
+    canvas.paste(Image.fromarray(ramp), (x0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((x0, top, x0 + bar_w - 1, top + length - 1), outline=(80, 80, 80))
+    for i, t in enumerate(tick_text):
+        y = top + length - 1 - round(i * (length - 1) / (ticks - 1))
+        draw.line((x0 + bar_w, y, x0 + bar_w + 3, y), fill=(60, 60, 60))
+        draw.text((x0 + bar_w + 5, y), t, fill=(30, 30, 30), font=font, anchor="lm")
+    # the unit, written upwards beside the ticks
+    text = Image.new("RGB", (min(label_w + 4, length), size + 4), "white")
+    ImageDraw.Draw(text).text((0, 0), label, fill=(30, 30, 30), font=font)
+    text = text.rotate(90, expand=True)
+    canvas.paste(text, (x0 + bar_w + 5 + text_w + pad, top + max(0, (length - text.size[1]) // 2)))
+    return np.asarray(canvas)
+
+
+def number_cells(grid: np.ndarray, count: int, columns: int, cell: int, pad: int) -> np.ndarray:
+    """Write each cell's index (row-major) in the top-left corner of a grid image whose cells are
+    ``cell`` px with ``pad`` px between them and around them (as :func:`map_grid` lays them out)."""
+    img = Image.fromarray(grid)
+    draw = ImageDraw.Draw(img)
+    font = _font(max(9, min(16, cell // 3)))
+    for i in range(count):
+        r, c = divmod(i, columns)
+        draw.text((pad + c * (cell + pad) + 2, pad + r * (cell + pad) + 1), str(i), fill=(255, 255, 255),
+                  font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def amplified_difference(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> np.ndarray:
+    """Signed difference a − b of two 3×H×W images in [-1, 1], shown as mid-grey ± ``gain``×Δ
+    (so small differences are visible); H×W×3 uint8."""
+    d = (a.float() - b.float()) * gain
+    return to_uint8(d.clamp(-1, 1))
+
+
+__all__ = ["colorize", "overlay", "upscale", "upscale_to", "show", "map_grid", "to_uint8",
+           "with_colorbar", "number_cells", "amplified_difference"]

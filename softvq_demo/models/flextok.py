@@ -552,6 +552,12 @@ def decode_options(**options) -> Iterator[None]:
         _DECODE_OPTIONS.reset(token)
 
 
+def decode_settings() -> dict[str, Any]:
+    """The sampler settings a ``FlexTok.decode`` with no arguments uses here and now: the
+    release's, overridden by any ``decode_options`` in effect."""
+    return {**RELEASE_SAMPLING, "seed": DEFAULT_SEED, **_DECODE_OPTIONS.get()}
+
+
 def noise_from_seed(seed: int, batch: int, shape: tuple[int, int, int], *, per_image: bool = False,
                     device=None, dtype=torch.float32) -> torch.Tensor:
     """Initial VAE-latent noise B×C×h×w from ``seed``.
@@ -572,6 +578,9 @@ def noise_from_seed(seed: int, batch: int, shape: tuple[int, int, int], *, per_i
 class FlexTok(Tokenizer):
     family = "flextok"
     prefix_decodable = True
+    stochastic_decode = True  # decode samples from noise: the app shows and varies its seed
+    # A faster stand-in for ``sample_latents`` (sampling.flextok_fast.enable_fast_decode); None: off.
+    fast_sampler = None
     # config.json's module order is execution order: save it unsorted (loading.save_pretrained).
     config_order_matters = True
 
@@ -606,6 +615,8 @@ class FlexTok(Tokenizer):
         grids = [m for m in self.encoder.module_dict.values() if isinstance(m, PositionEmbedding)]
         if len(registers) != 1 or len(patches) != 1 or len(grids) != 1:
             raise ValueError("FlexTok encoder: expected one register, patch and position module")
+        if grids[0].posembs.dim() != 4 or grids[0].posembs.shape[-2] != grids[0].posembs.shape[-1]:
+            raise ValueError("FlexTok encoder: only a square 2D patch grid (max_sizes [n, n]) is supported")
         self.num_tokens = registers[0].n
         self.token_dim = len(self.fsq.levels)
         self.codebook_size = self.fsq.codebook_size
@@ -702,24 +713,27 @@ class FlexTok(Tokenizer):
         return tokens
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, values: torch.Tensor,
-                 keep_k: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None
-                 ) -> torch.Tensor:
+                 keep_k: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
+                 decoder: Optional[nn.Module] = None) -> torch.Tensor:
         """One decoder call: the predicted velocity (≈ noise − clean latents) at x_t, time t (B,).
 
         ``values``: B×N×d conditioning codes (a prefix shorter than N is padded); ``keep_k`` (B,)
-        how many are real (default: all given); ``uncond`` (B,) bool: the null condition."""
+        how many are real (default: all given); ``uncond`` (B,) bool: the null condition.
+        ``decoder``: a copy of ``self.decoder`` to run instead (the fast path's bf16 copy)."""
+        decoder = self.decoder if decoder is None else decoder
+        dtype = next(decoder.parameters()).dtype
         b, k = values.shape[:2]
         if k < self.num_tokens:
             values = torch.cat([values, values.new_zeros(b, self.num_tokens - k, values.shape[-1])], 1)
         if keep_k is None:
             keep_k = torch.full((b,), k, dtype=torch.long, device=values.device)
-        data = {self.data_keys["cond"]: values.to(self._dtype()), self.data_keys["keep_k"]: keep_k,
-                self.data_keys["noised"]: x_t.to(self._dtype()), self.data_keys["timesteps"]: t}
+        data = {self.data_keys["cond"]: values.to(dtype), self.data_keys["keep_k"]: keep_k,
+                self.data_keys["noised"]: x_t.to(dtype), self.data_keys["timesteps"]: t}
         if uncond is not None:
             if not self.has_null_condition:
                 raise ValueError("this FlexTok has no null condition: guidance is unavailable")
             data[self.data_keys["drop_flag"]] = uncond
-        return self.decoder(data)[self.data_keys["velocity"]]
+        return decoder(data)[self.data_keys["velocity"]]
 
     def sample_latents(self, values: torch.Tensor, noise: torch.Tensor, steps: int,
                        guidance_scale: float = 1.0, apg: bool = False,
@@ -765,7 +779,7 @@ class FlexTok(Tokenizer):
         ``seed`` (default 0; see ``noise_from_seed``). What was used is in ``self.last_decode``."""
         values = self.token_values(latents)
         b = values.shape[0]
-        opts = {**RELEASE_SAMPLING, "seed": DEFAULT_SEED, **_DECODE_OPTIONS.get()}
+        opts = decode_settings()
         steps = int_in_range("steps", opts["steps"] if steps is None else steps, 1, 1000)
         scale = float(opts["guidance_scale"] if guidance_scale is None else guidance_scale)
         if not math.isfinite(scale) or abs(scale) > 1e4:
@@ -781,7 +795,8 @@ class FlexTok(Tokenizer):
                 raise ValueError(f"noise must be {b}×{'×'.join(map(str, shape))}, got {tuple(noise.shape)}")
         self.last_decode = {"seed": seed, "steps": steps, "guidance_scale": scale,
                             "apg": apg and scale != 1, "tokens": values.shape[1]}
-        x = self.sample_latents(values, noise.to(values.device), steps, scale, apg)
+        sampler = self.sample_latents if self.fast_sampler is None else self.fast_sampler.sample_latents
+        x = sampler(values, noise.to(values.device), steps, scale, apg)
         return self.vae_decode(x)
 
 

@@ -67,6 +67,18 @@ def _cfg_scale_power_cosine(step: int, steps: int, guidance_scale: float, power:
     return (guidance_scale - 1) * scale_step + 1
 
 
+def resolve_options(gen, steps, guidance_scale, guidance_decay, randomize_temperature, seed):
+    """(steps, scale, decay, temperature, rng): the generator's release settings under the given
+    options (None = not given), checked against ``sampling.settings``; an int seed becomes a CPU
+    generator. Shared by this sampler and the fast path's."""
+    opts = resolve(gen, dict(steps=steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
+                             randomize_temperature=randomize_temperature))
+    rng = seed if seed is None or isinstance(seed, torch.Generator) \
+        else torch.Generator().manual_seed(int(seed))
+    return (opts["steps"], opts["guidance_scale"], opts["guidance_decay"],
+            opts["randomize_temperature"], rng)
+
+
 @torch.no_grad()
 def sample_maskgit(gen, labels: Labels, *, steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, guidance_decay: Optional[str] = None,
@@ -78,12 +90,8 @@ def sample_maskgit(gen, labels: Labels, *, steps: Optional[int] = None,
     settings). ``softmax_temperature_annealing`` is on by default because the official ImageNet
     sampling script (whose gFIDs the README reports) turns it on; the demo notebook leaves it off.
     Deterministic for a given seed (an int or a ``torch.Generator``)."""
-    opts = resolve(gen, dict(steps=steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
-                             randomize_temperature=randomize_temperature))
-    steps, scale = opts["steps"], opts["guidance_scale"]
-    decay, temperature = opts["guidance_decay"], opts["randomize_temperature"]
-    rng = seed if seed is None or isinstance(seed, torch.Generator) \
-        else torch.Generator().manual_seed(int(seed))
+    steps, scale, decay, temperature, rng = resolve_options(gen, steps, guidance_scale, guidance_decay,
+                                                            randomize_temperature, seed)
 
     device = module_device(gen)
     y = torch.as_tensor([labels] if isinstance(labels, int) else labels).long().reshape(-1).to(device)

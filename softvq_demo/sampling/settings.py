@@ -21,7 +21,15 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..models import flextok as _flextok
 from ..models.maskgit import GUIDANCE_DECAYS
+
+# Stochastic tokenizer decoders (FlexTok, issue 18) sample from noise: ``decode_options(seed=…)``
+# sets the seed / steps / guidance of every decode inside the block (context-local, one per app
+# request), ``decode_settings()`` says which are in effect. Re-exported here so that ui reaches
+# them through sampling (ui → sampling → models), as docs/ARCHITECTURE.md's arrows say.
+decode_options = _flextok.decode_options
+decode_settings = _flextok.decode_settings
 
 METHODS = ("euler", "heun", "sde")   # SiT: ODE (Euler, Heun) or SDE (Euler–Maruyama)
 

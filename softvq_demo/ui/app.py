@@ -10,6 +10,8 @@ import torch
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
 from .common import (ON_SPACES, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
                      list_examples, robust_cache_expiry)
+from ..catalogue import CATALOGUE, embedded_available, find_entry
+from ..loading import CheckpointError
 from .guard import install as install_guard, launch_settings as guard_launch_settings, scrub_paths
 from .manager import ModelManager, is_offline
 
@@ -25,8 +27,6 @@ CSS = """
 def create_manager(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                    device: Optional[str] = None) -> ModelManager:
     """Load the command-line models (local folders allowed) or, without any, the embedded ones."""
-    from ..catalogue import embedded_available
-
     manager = ModelManager(device=device)
     sources = [(s, "tokenizer") for s in tokenizers] + [(s, "generator") for s in generators]
     if not sources:
@@ -61,6 +61,8 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             + (" (ZeroGPU)" if ON_SPACES else "") + ".")
         notes = scrub_paths("\n".join(f"- {m}" for m in manager.messages))  # public config
         gr.Markdown(notes, visible=bool(notes), elem_id="startup-notes")
+        banner = embedded_banner(manager)
+        gr.Markdown(banner, visible=bool(banner), elem_id="embedded-banner")
         with gr.Row():
             ctx.tok_a = gr.Dropdown(toks, value=toks[0] if toks else None, label="Tokenizer A",
                                     elem_id="tok-a", allow_custom_value=False)
@@ -68,6 +70,12 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                                     elem_id="tok-b")
             ctx.gen = gr.Dropdown(gens, value=gens[0] if gens else None, label="Generator",
                                   elem_id="gen")
+            # FlexTok (issue 18): stochastic decoders draw from this seed; 🎲 picks a new one.
+            with gr.Column(scale=0, min_width=160):
+                # bounds checked by the handlers (``seeded``), so the message names the field
+                ctx.decode_seed = gr.Number(0, label="Decode seed (FlexTok)", precision=0,
+                                            elem_id="decode-seed")
+                redraw = gr.Button("🎲 new seed", size="sm", elem_id="decode-redraw")
         with gr.Accordion("Models: loaded, and more from the catalogue", open=not toks):
             summary = gr.Markdown(scrub_paths(manager.summary()), elem_classes=["model-summary"],
                                   elem_id="model-summary")
@@ -83,7 +91,7 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
             with gr.Tab("Token lab", id="tokens"):
                 tab_tokens.build(ctx)
             with gr.Tab("Codebook", id="codebook"):
-                tab_codebook.build(ctx)
+                codebook_follow, codebook_outputs = tab_codebook.build(ctx)
             with gr.Tab("Latent map", id="latent"):
                 click_js = tab_latent.build(ctx)
             with gr.Tab("Generate", id="generate"):
@@ -92,16 +100,23 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
                 tab_text.build(ctx)
 
         def load_model(name, progress=gr.Progress(track_tqdm=True)):  # hub download bars
-            from ..catalogue import find_entry
-
+            """Load a catalogue model. A failure (offline, a bad download) is one readable line
+            in the status box, not an error event: an error would also mark every output — the
+            model pickers — with a red "Error" badge."""
             if not name:
                 raise ValueError("pick a catalogue model first")
             entry = find_entry(name)
             if entry is None:
                 raise ValueError(f"{name!r} is not in the catalogue")
             progress(0.0, desc=f"loading {name}")
-            item = manager.load(name, entry.kind, allow_local=False,
-                                progress=lambda f, m: progress(f, desc=m))
+            try:
+                item = manager.load(name, entry.kind, allow_local=False,
+                                    progress=lambda f, m: progress(f, desc=m))
+            except (ValueError, OSError, CheckpointError) as err:
+                log.warning("could not load catalogue model %s: %s", name, err)
+                first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                return (f"⚠️ Could not load **{name}**: {first}", gr.update(), gr.update(),
+                        gr.update(), gr.update())
             t, g = manager.names("tokenizer"), manager.names("generator")
             msg = f"Loaded **{item.name}** ({item.kind}) in {item.seconds:.1f} s."
             return (msg, scrub_paths(manager.summary()), gr.update(choices=t), gr.update(choices=["none"] + t),
@@ -112,8 +127,11 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
         load_btn.click(handler(load_model), [catalogue],
                        [load_md, summary, ctx.tok_a, ctx.tok_b, ctx.gen], api_name="load_model",
                        concurrency_limit=1)
+        redraw.click(lambda: int(torch.randint(0, 2**31 - 1, ()).item()), None, ctx.decode_seed,
+                     api_name="new_decode_seed")
         ctx.gen.change(on_gen, [ctx.gen], gen_outputs)
         demo.load(on_gen, [ctx.gen], gen_outputs)
+        demo.load(handler(codebook_follow), [ctx.tok_a], codebook_outputs)
     guard_numbers(demo)
     guard_files(demo)
     atomic_image_cache()
@@ -128,6 +146,21 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     demo.manager = manager  # type: ignore[attr-defined]
     demo.ctx = ctx          # type: ignore[attr-defined]
     return demo
+
+
+def embedded_banner(manager: ModelManager) -> str:
+    """What the embedded models are and how to load the official ones (only when every loaded
+    model is an embedded one)."""
+    names = manager.names("tokenizer") + manager.names("generator")
+    embedded = {e.name for e in CATALOGUE if e.embedded}
+    if not names or not set(names) <= embedded:
+        return ""
+    return ("ℹ️ **These are the small embedded models** (" + ", ".join(f"`{n}`" for n in names)
+            + "): trained here on *textscenes* (synthetic 128 px text scenes, 12 classes) so that "
+            "the app works offline in seconds — not the papers' ImageNet models. To explore the "
+            "official SoftVQ-VAE / TiTok releases, pick one under **Models** below and press "
+            "**Load** (downloads from the Hugging Face Hub: needs the network), or start the app "
+            "with `--tokenizer NAME`.")
 
 
 def cache_policy() -> Optional[tuple[int, int]]:
@@ -204,8 +237,6 @@ def _second(toks: list[str]) -> str:
 
 
 def _catalogue_choices() -> list[tuple[str, str]]:
-    from ..catalogue import CATALOGUE
-
     offline = " (offline: cached only)" if is_offline() else ""
     out = []
     for e in CATALOGUE:

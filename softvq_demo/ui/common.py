@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -89,6 +88,7 @@ class Ctx:
     tok_a: Any = None
     tok_b: Any = None
     gen: Any = None
+    decode_seed: Any = None  # header seed of stochastic decoders (FlexTok); see ``seeded``
     ocr_error: Optional[str] = field(default_factory=ocr_missing)  # None: OCR can run
     examples: list = field(default_factory=list)
 
@@ -254,3 +254,50 @@ def guard_files(blocks: gr.Blocks) -> int:
         comp._softvq_guarded = True         # type: ignore[attr-defined]
         count += 1
     return count
+
+
+# --------------------------------------------------------------------------- stochastic decoders
+# FlexTok decodes by sampling from noise. One header field, the decode seed, is the last input of
+# every event that decodes; ``seeded`` runs the handler with it in effect (context-local, so users
+# never see each other's seed), so all decodes of one request share their noise.
+DECODE_SEED_MAX = 2**31 - 1
+
+
+def seeded(fn: Callable) -> Callable:
+    """``fn`` taking one more input: the decode seed, after its regular inputs (before a
+    ``gr.Progress`` parameter, whose place gradio finds from the signature), in effect while ``fn``
+    runs."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if isinstance(p.default, gr.Progress)), len(params))
+    seed_param = inspect.Parameter("decode_seed", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+    def wrapper(*args, **kwargs):
+        from ..sampling.settings import decode_options
+        from .inputs import parse_int
+
+        args = list(args)
+        seed = args.pop(at) if len(args) > at else kwargs.pop("decode_seed", 0)
+        seed = parse_int(seed if seed is not None else 0, "decode seed", 0, DECODE_SEED_MAX)
+        with decode_options(seed=seed):
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params[:at] + [seed_param] + params[at:])
+    wrapper.__name__ = getattr(fn, "__name__", "handler")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def decode_note(tok) -> str:
+    """How a stochastic decoder drew this reconstruction ("" for deterministic decoders)."""
+    if not getattr(tok, "stochastic_decode", False):
+        return ""
+    from ..sampling.settings import decode_settings
+
+    o = decode_settings()
+    guidance = "no guidance" if o["guidance_scale"] == 1 else \
+        f"guidance {o['guidance_scale']:g}" + (" (APG)" if o["apg"] else " (CFG)")
+    return (f"Sampled from noise: decode seed **{o['seed']}**, {o['steps']} flow steps, {guidance} "
+            "(release settings); pick another decode seed (🎲 in the header) and run again to redraw.")

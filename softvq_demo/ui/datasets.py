@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ..cancel import raise_if_cancelled
 from ..data.textscenes import TextScenes
 from .common import list_examples
 from .inputs import InputError, file_paths, load_batch, model_image
@@ -72,9 +73,6 @@ def one(source: str, size: int, count: int, files, index: int) -> ImageSet:
     """Image ``index`` of the set ``get(source, size, count, files)``, without building the rest
     (a latent-map click rebuilt all 2 048 images of the set for one of them). Uploads are read in
     order up to the ``index``-th readable one, as ``get`` numbers them."""
-    from ..cancel import raise_if_cancelled
-    from .inputs import file_paths
-
     index = int(index)
     if source == "examples":
         paths = list_examples()[:count]
@@ -83,13 +81,10 @@ def one(source: str, size: int, count: int, files, index: int) -> ImageSet:
         stem = Path(paths[index]).stem
         return ImageSet(model_image(paths[index], size)[0], [stem], [stem.split("_")[0]])
     if source == "textscenes":
-        ts = _textscenes()
-        ds = ts.TextScenes(split="heldout", size=int(count), image_size=size, seed=0)
-        img, label, text, _ = _unpack(ds[index])
-        words = getattr(ts, "CLASS_WORDS", None)
-        name = f"#{index} {text}" if text else f"#{index}"
-        return ImageSet(_to_tensor(img, size), [name],
-                        [words[int(label)] if (words is not None and label is not None) else str(label)])
+        if not 0 <= index < int(count):
+            raise InputError(f"image index {index} out of range")
+        sample = TextScenes(split="heldout", size=int(count), image_size=size, seed=0).sample(index)
+        return ImageSet(sample.tensor()[None], [f"#{index} {sample.text}"], [sample.word])
     if source == "upload":
         readable = -1
         for path in dict.fromkeys(file_paths(files)):

@@ -7,11 +7,11 @@ from ..analysis import latent_map as L
 from ..analysis.codec import decode, encode
 from ..analysis.pictures import show
 from . import datasets
-from .common import Ctx, event
+from .common import Ctx, decode_note, event, seeded
 from .inputs import InputError, parse_choice, parse_int
 
 # Browser side: clicking a point of the plotly map writes its image index into a hidden textbox
-# (#lm-click) and fires its input event, which runs `show_point` on the server.
+# (#lm-click, "image:token") and fires its input event, which runs `show_point` on the server.
 CLICK_JS = """
 () => {
   window.__softvqClickHook = true;
@@ -22,7 +22,7 @@ CLICK_JS = """
       gd.on('plotly_click', (ev) => {
         if (!ev || !ev.points || !ev.points.length) return;
         const cd = ev.points[0].customdata;
-        const idx = Array.isArray(cd) ? cd[0] : cd;
+        const idx = Array.isArray(cd) ? cd[0] + ':' + cd[1] : cd;   // image index : token index
         const box = document.querySelector('#lm-click textarea, #lm-click input');
         if (!box) return;
         box.value = String(idx) + '#' + Date.now();
@@ -42,7 +42,7 @@ def compute_map(ctx: Ctx, tok_name: str, source: str, count, files, view: str, m
     source = parse_choice(source, "image set", list(datasets.SOURCES))
     view = parse_choice(view, "view", list(L.VIEWS))
     method = parse_choice(method, "projection", list(L.METHODS))
-    color = parse_choice(color, "colour", ["token", "class", "image"])
+    color = parse_choice(color, "colour", list(L.COLOR_BY))
     count = parse_int(count, "number of images", 2, 4096)
     step = progress or (lambda f, m: None)
     step(0.0, "loading images")
@@ -59,12 +59,12 @@ def compute_map(ctx: Ctx, tok_name: str, source: str, count, files, view: str, m
     lm = hit if cached else ctx.manager.cache.put(key, L.latent_map(lat, view, method, labels=s.labels,
                                                                      captions=s.names))
     step(1.0, "done")
-    fig = L.scatter_figure(lm, color if (color != "class" or s.labels) else "image")
+    fig = L.scatter_figure(lm, color)   # refuses a colouring the map cannot show, with a message
     md = (f"{s.note}: {lat.shape[0]} images × {lat.shape[1]} tokens × {lat.shape[2]} dims. "
-          f"{method.upper()} {'(cached) ' if cached else ''}took {lm.seconds:.2f} s. "
+          f"{method.upper()} {'(cached) ' if cached else ''}: {lm.extras.get('note', '')}. "
           "Click a point (or type an image index) to see the image and its reconstruction.")
     state = {"tok": tok_name, "source": source, "count": count, "files": files, "n": lat.shape[0],
-             "set_key": set_key}
+             "set_key": set_key, "view": view}
     return fig, md, state, gr.update(maximum=lat.shape[0] - 1)
 
 
@@ -74,7 +74,8 @@ def show_point(ctx: Ctx, state: dict, index):
     text = str(index).split("#")[0].strip()
     if not text:
         raise InputError("no point selected")
-    i = parse_int(text, "image index", 0, state["n"] - 1)
+    image_part, _, token_part = text.partition(":")
+    i = parse_int(image_part, "image index", 0, state["n"] - 1)
     tok = ctx.tokenizer(state["tok"])
     s = datasets.one(state["source"], tok.image_size, state["count"], state["files"], i)  # not all
     lat = ctx.manager.cache.get((state["tok"], "latents", state["set_key"]))
@@ -85,7 +86,13 @@ def show_point(ctx: Ctx, state: dict, index):
         i_lat = i
     rec = decode(tok, lat[i_lat:i_lat + 1])[0]
     label = f" · class {s.labels[0]}" if s.labels else ""
-    return show(s.images[0]), show(rec), f"Image {i}: {s.names[0]}{label}", i
+    point = f"Image {i}"
+    if state.get("view") == "token" and token_part.strip():
+        t = parse_int(token_part, "token index", 0, lat.shape[1] - 1)
+        point = f"Token {t} of image {i}"
+    note = decode_note(tok)
+    return show(s.images[0]), show(rec), f"{point}: {s.names[0]}{label}" + (
+        f". {note}" if note else ""), i
 
 
 def build(ctx: Ctx):
@@ -98,7 +105,8 @@ def build(ctx: Ctx):
         view = gr.Radio([("pooled per image", "image"), ("per token", "token")], value="image",
                         label="Points")
         method = gr.Radio([("PCA (instant)", "pca"), ("UMAP", "umap")], value="pca", label="Projection")
-        color = gr.Radio(["token", "class", "image"], value="token", label="Colour by")
+        color = gr.Radio(list(L.COLOR_BY), value="class", label="Colour by",
+                         info="token: per-token view only · class: image sets with classes")
         btn = gr.Button("Compute map", variant="primary", elem_id="lm-run")
     with gr.Row():
         with gr.Column(scale=3):
@@ -120,7 +128,8 @@ def build(ctx: Ctx):
 
     btn.click(event(fn, duration=180), [ctx.tok_a, source, count, files, view, method, color],
               [plot, md, state, index], api_name="latent_map", concurrency_limit=2)
-    point = event(lambda st, i: show_point(ctx, st, i))
-    show_btn.click(point, [state, index], [orig, rec, caption, index], api_name="latent_point")
-    click.change(point, [state, click], [orig, rec, caption, index])
+    point = event(seeded(lambda st, i: show_point(ctx, st, i)))
+    show_btn.click(point, [state, index, ctx.decode_seed], [orig, rec, caption, index],
+                   api_name="latent_point")
+    click.change(point, [state, click, ctx.decode_seed], [orig, rec, caption, index])
     return CLICK_JS

@@ -5,10 +5,18 @@ import gradio as gr
 
 from ..analysis.ablation import diff_maps
 from ..analysis.codec import compression_ratio, reconstruct
-from ..analysis.pictures import colorize, show, to_uint8, upscale_to
+from ..analysis.pictures import colorize, show, to_uint8, upscale_to, with_colorbar
 from ..analysis import metrics, ocr
-from .common import Ctx, event, image_input
+from .common import Ctx, decode_note, event, image_input, seeded
 from .inputs import FIT_MODES, model_image
+
+
+NOTHING_READ = "(nothing read)"
+ERROR_VMAX = 0.5    # fixed colour scale of the error maps, so A and B compare by eye
+ERROR_UNIT = "|error|, mean over RGB (0–1 pixel units)"
+# The metrics table's columns, shown as headers before the first run too.
+COLUMNS = ["tokenizer", "PSNR (dB)", "SSIM", "tokens", "token dim", "compression", "latency (ms)",
+           "encode (ms)", "decode (ms)", "OCR original", "OCR reconstruction", "T-NED"]
 
 
 def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True,
@@ -36,14 +44,16 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
             if ref_text is None:
                 ref_text = ocr.read_string(to_uint8(x[0]))
             rec_text = ocr.read_string(to_uint8(rec[0]))
-            row["OCR original"] = ref_text
-            row["OCR reconstruction"] = rec_text
+            row["OCR original"] = ref_text.strip() or NOTHING_READ
+            row["OCR reconstruction"] = rec_text.strip() or NOTHING_READ
             row["T-NED"] = round(ocr.tned(rec_text, ref_text), 3) if ref_text.strip() else None
         rows.append(row)
-        vmax = 0.5
-        outs.append((show(rec[0]), upscale_to(colorize(heat, vmax), 256)))
+        outs.append((show(rec[0]), with_colorbar(upscale_to(colorize(heat, ERROR_VMAX), 256), ERROR_VMAX,
+                                                 ERROR_UNIT)))
         notes.append(f"**{name}** ({tok.describe()}): input {desc}. Compression {how}. "
-                     f"Mean |error| {float(heat.mean()):.4f} (heatmap scale 0 → black, ≥ {vmax} → yellow).")
+                     f"Mean |error| {float(heat.mean()):.4f} ({ERROR_UNIT}; the map's colours are "
+                     f"capped at {ERROR_VMAX})."
+                     + (" " + decode_note(tok) if decode_note(tok) else ""))
     if do_ocr and not ctx.ocr_on:
         notes.append(f"_{ctx.ocr_error}_")
     elif do_ocr and ref_text is not None and not ref_text.strip():
@@ -54,11 +64,7 @@ def run_reconstruct(ctx: Ctx, image, tok_a: str, tok_b: str, do_ocr: bool = True
 
 
 def _table(rows: list[dict]):
-    cols = []
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
     return {"headers": cols, "data": [[r.get(c) for c in cols] for r in rows]}
 
 
@@ -78,18 +84,22 @@ def build(ctx: Ctx):
                 orig = gr.Image(label="Model input (resized/cropped)", interactive=False, height=256)
                 rec_a = gr.Image(label="Reconstruction (tokenizer A)", interactive=False, height=256,
                                  elem_id="rec-a")
-                heat_a = gr.Image(label="|error| A", interactive=False, height=256)
+                heat_a = gr.Image(label="|error| A (colour bar: 0–1 pixel units)", interactive=False,
+                                  height=256)
             with gr.Row():
                 gr.HTML("<div style='flex:1'></div>")
                 rec_b = gr.Image(label="Reconstruction (tokenizer B)", interactive=False, height=256)
-                heat_b = gr.Image(label="|error| B", interactive=False, height=256)
-    table = gr.Dataframe(label="Metrics", interactive=False, wrap=True, elem_id="rec-table")
+                heat_b = gr.Image(label="|error| B (colour bar: 0–1 pixel units)", interactive=False,
+                                  height=256)
+    table = gr.Dataframe(value={"headers": COLUMNS, "data": [[None] * len(COLUMNS)]}, label="Metrics",
+                         interactive=False, wrap=False, elem_id="rec-table",
+                         column_widths=[f"{max(7, len(c))}ch" for c in COLUMNS])
     notes = gr.Markdown(elem_id="rec-notes")
 
     def fn(image, a, b, ocr_on, fit):
         return run_reconstruct(ctx, image, a, b, ocr_on, fit)
 
-    btn.click(event(fn), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit],
+    btn.click(event(seeded(fn)), [image, ctx.tok_a, ctx.tok_b, do_ocr, fit, ctx.decode_seed],
               [orig, rec_a, heat_a, rec_b, heat_b, table, notes], api_name="reconstruct",
               concurrency_limit=4)
     return image

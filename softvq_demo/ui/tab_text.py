@@ -9,12 +9,26 @@ import torch
 
 from ..analysis import ocr as O
 from ..analysis import text_tokens as T
+from ..analysis.ablation import REPLACEMENTS
+from ..analysis.baseline import default_baseline
 from ..analysis.codec import encode
+from ..analysis.deletion import deletion_curves, deletion_figure
+from ..analysis.importance import importance_figure, text_importance, textscenes_set
 from ..analysis.pictures import colorize, overlay, to_uint8, upscale_to
-from . import datasets
-from .common import Ctx, event, handler, image_input
+from ..analysis.prefix import doubling_ks
+from ..analysis.tokbench import GroundTruthText, OriginalOCR
+from ..data.textscenes import TextScenes
+from .common import Ctx, decode_note, event, handler, image_input, seeded
 from .inputs import InputError, model_image, parse_choice, parse_int
-from .tab_tokens import MODES, dataset_mean
+
+MODES = list(REPLACEMENTS[:3])   # zero, the dataset mean token, noise (no second image here)
+SHARE = 0.8                      # the text-token pick rule's share of the total effect
+SCORE_HELP = ("**Score** (the ranking): with OCR, the drop in T-NED when the token is ablated "
+              "(T-NED = 1 − edit distance / length between the OCR of the ablated reconstruction "
+              "and of the original) plus 0.1 × its in-box |Δ| relative to the strongest token's, "
+              "which only breaks ties; without OCR, its in-box |Δ| (relative) × √concentration. "
+              "**Concentration**: the share of the token's change inside the boxes divided by the "
+              "boxes' share of the image (1 = no preference for text).")
 
 DISPLAY = 384
 
@@ -50,8 +64,6 @@ def detect(ctx: Ctx, image, tok_name: str):
 
 def textscenes_sample(ctx: Ctx, tok_name: str, index):
     """A held-out textscenes image (as a PNG path for the upload box) and its ground-truth box."""
-    from ..data.textscenes import TextScenes
-
     tok = ctx.tokenizer(tok_name)
     i = parse_int(index, "sample", 0, 1999)
     s = TextScenes("heldout", size=i + 1, image_size=tok.image_size).sample(i)
@@ -100,25 +112,24 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     boxes = T.scale_boxes(boxes_a, s, s)
     mask = T.boxes_to_mask(boxes, tok.image_size, tok.image_size)
     lat = encode(tok, x).latents[0]
-    mean, _ = dataset_mean(ctx, name, tok)
-    if mean is None:  # no dataset on this install: the image's own mean token
-        mean = lat.mean(0, keepdim=True).expand_as(lat).clone()
+    base = default_baseline(tok, "zero" if mode == "zero" else "mean")
     ocr = use_ocr and ctx.ocr_on
     ref = O.read_string(to_uint8(x[0])) if ocr else None
-    res = T.analyze_text_tokens(tok, lat, mask, mode=mode if mode != "other" else "zero", mean=mean,
+    res = T.analyze_text_tokens(tok, lat, mask, mode=mode, mean=base if mode == "mean" else None,
                                 read_text=O.read_string if ocr else None,
                                 similarity=O.tned if ocr else None, reference_text=ref,
                                 progress=progress)
-    toks = res.text_tokens(k if k > 0 else None)
-    auto_note = ""
-    if not toks:
-        toks = res.text_tokens(3)
-        auto_note = " (no token passed the threshold; showing the top 3)"
+    if k > 0:
+        toks, rule = res.text_tokens(k), f"the top {k} by score (k set by hand)"
+    else:
+        pick = res.pick(SHARE)
+        toks, rule = pick.tokens, pick.rule + f" (they carry {pick.reached:.0%})"
     keep, drop = T.keep_and_drop(tok, res.ablation.latents, res.ablation.replacement, toks)
-    rows = res.rows()
+    rows = [{c: v for c, v in r.items() if c not in HIDDEN_COLUMNS} for r in res.rows()]
     table = {"headers": list(rows[0].keys()), "data": [list(r.values()) for r in rows]}
     fig = T.text_effect_figure(res, title=f"{name}: effect inside vs outside the text")
-    lines = [f"**{name}** text tokens{auto_note}: {', '.join(map(str, toks))}."]
+    lines = [f"**{name}** text tokens: {', '.join(map(str, toks)) or 'none'} — rule: {rule}. "
+             f"{res.ablation.baseline_label}."]
     if ocr:
         kt, dt = O.read_string(to_uint8(keep)), O.read_string(to_uint8(drop))
         lines.append(f"OCR original: {_q(ref)} · reconstruction: {_q(res.base_text)} (T-NED "
@@ -127,12 +138,25 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
                      f"{O.tned(dt, ref):.3f}).")
     else:
         lines.append(f"_Ranking by pixels only: {ctx.ocr_error or 'OCR off'}._")
+    if decode_note(tok):
+        lines.append(decode_note(tok))
+    # Faithfulness on this image: ablating its own top-k vs k random vs its bottom-k tokens
+    curves = deletion_curves(tok, x, [res.ranking()], scorer=OriginalOCR(x) if ocr else None,
+                             masks=mask[None], baseline=base if mode != "noise" else None,
+                             ks=doubling_ks(tok.num_tokens), random_draws=3,
+                             ranking_source="this image's own ranking")
+    dfig = deletion_figure({name: curves}, "t_ned_drop" if ocr else "inbox_error",
+                           title=f"{name}: deletion curves on this image")
     # overlay: where the top text token acts
     top = res.ranking()[0]
     heat = colorize(res.ablation.maps[top])
     ov = T.mask_overlay(overlay(to_uint8(x[0]), heat), mask, color=(0, 255, 0), alpha=0.2)
     return (upscale_to(ov, 256), table, fig, upscale_to(to_uint8(keep), 256),
-            upscale_to(to_uint8(drop), 256), "\n\n".join(lines))
+            upscale_to(to_uint8(drop), 256), "\n\n".join(lines), dfig)
+
+
+# Columns left out of the on-screen table so the OCR columns fit without scrolling sideways.
+HIDDEN_COLUMNS = ("effect outside", "in/out")
 
 
 def _q(text: str) -> str:
@@ -156,7 +180,7 @@ def analyse(ctx: Ctx, image, tok_a: str, tok_b: str, boxes_text: str, mode: str,
         out_b = analyse_one(ctx, tok_b, image, boxes, tok.image_size, mode, kb, use_ocr,
                             progress=_sub(progress, 0.5, 1.0, tok_b))
     else:
-        out_b = (None, None, None, None, None, "_Pick a tokenizer B in the header to compare._")
+        out_b = (None, None, None, None, None, "_Pick a tokenizer B in the header to compare._", None)
     return (_canvas(x, boxes, tok.image_size),) + out_a + out_b
 
 
@@ -167,26 +191,46 @@ def _sub(progress, lo, hi, name):
 
 
 def dataset_view(ctx: Ctx, tok_a: str, tok_b: str, count, mode: str, progress=None):
+    """Dataset level, per tokenizer: token importance for text over ``count`` held-out textscenes
+    images (mean ΔT-NED with bootstrap CIs, concentration beside), and how much that ranking is
+    worth: deletion curves on the next ``count`` held-out images, which it was not computed on."""
     count = parse_int(count, "number of images", 1, 512)
     mode = parse_choice(mode, "replacement", MODES)
-    mode = "zero" if mode == "other" else mode
     names = [tok_a] + ([tok_b] if tok_b and tok_b not in ("none", tok_a) else [])
-    profiles = {}
+    importance, curves, lines = {}, {}, []
     for j, name in enumerate(names):
         tok = ctx.tokenizer(name)
-        s = datasets.get("textscenes", tok.image_size, count, with_masks=True)
-        mean, _ = dataset_mean(ctx, name, tok)
-        cb = _sub(progress, j / len(names), (j + 1) / len(names), name)
-        profiles[name] = T.text_profile(tok, s.images, s.masks, mode if mean is not None else "zero",
-                                        mean=mean, progress=cb)
-    fig = T.profile_figure(profiles)
-    lines = []
-    for name, p in profiles.items():
-        top = p.ranking()[:5]
-        lines.append(f"**{name}**: over {p.num_images} images, the token indices most concentrated on "
-                     f"text are {', '.join(map(str, top))} (mean concentration "
-                     f"{', '.join(f'{float(p.mean_concentration()[i]):.2f}' for i in top)}).")
-    return fig, "\n\n".join(lines)
+        cb = _sub(progress, j / len(names), (j + 0.7) / len(names), name)
+        ranked = textscenes_set(tok.image_size, count)
+        unseen = textscenes_set(tok.image_size, count, start=count)
+        base = default_baseline(tok, "zero" if mode == "zero" else "mean")
+        scorer = GroundTruthText(ranked.boxes, ranked.texts) if ctx.ocr_on else None
+        imp = text_importance(tok, ranked.images, ranked.masks, scorer=scorer, baseline=base,
+                              progress=cb, note=ranked.note)
+        importance[name] = imp
+        curves[name] = deletion_curves(
+            tok, unseen.images, imp.ranking(), masks=unseen.masks, baseline=base,
+            scorer=GroundTruthText(unseen.boxes, unseen.texts) if ctx.ocr_on else None,
+            ks=doubling_ks(tok.num_tokens), random_draws=3,
+            ranking_source=f"importance over {ranked.note}, measured on {unseen.note}")
+        metric = "t_ned_drop" if imp.has_text_scores else "inbox_error"
+        top = imp.ranking()[:5]
+        mean, se = imp.mean(metric), imp.se(metric)
+        gap, gap_se = curves[name].gap(metric, "top", "random")
+        pick = imp.pick(SHARE)
+        lines.append(
+            f"**{name}**: over {imp.num_images} images ({ranked.note}), ranked by {imp.ranked_by}: "
+            + ", ".join(f"t{i} {mean[i]:.3f} ± {se[i]:.3f}" for i in top)
+            + f" (mean ± s.e.). Most concentrated on text (not the same thing): "
+            f"{', '.join(f't{i}' for i in imp.concentration_ranking()[:5])}. Text tokens by the "
+            f"rule ({pick.rule}): {', '.join(map(str, pick.tokens)) or 'none'}. On {unseen.note}, "
+            f"ablating the top-k lowers it by {gap:+.3f} ± {gap_se:.3f} more than k random tokens "
+            f"(mean over k). {imp.baseline.label}."
+            + (f" T-NED: {imp.protocol}." if imp.protocol else f" _{ctx.ocr_error or 'OCR off'}: "
+               "pixels only._")
+            + (" " + decode_note(tok) if decode_note(tok) else ""))
+    metric = "t_ned_drop" if ctx.ocr_on else "inbox_error"
+    return importance_figure(importance, top=16), "\n\n".join(lines), deletion_figure(curves, metric)
 
 
 def build(ctx: Ctx):
@@ -204,44 +248,59 @@ def build(ctx: Ctx):
                 ts_btn = gr.Button("Load a held-out textscenes image", elem_id="tt-textscenes")
             with gr.Row():
                 det = gr.Button("Detect text boxes (OCR)", elem_id="tt-detect")
-                clear = gr.Button("Clear boxes")
+                clear = gr.Button("Clear boxes", elem_id="tt-clear")
             with gr.Row():
                 mode = gr.Radio(MODES[:3], value="mean", label="Ablate by replacing with")
-                k = gr.Slider(0, 256, value=0, step=1, label="text tokens (0 = automatic)")
+                k = gr.Slider(0, 256, value=0, step=1, label="text tokens (0 = by the rule)",
+                              info=f"0: the fewest tokens carrying {SHARE:.0%} of the text effect")
             use_ocr = gr.Checkbox(True, label="Run OCR on every ablation (T-NED)")
             btn = gr.Button("Find the text tokens", variant="primary", elem_id="tt-run")
         with gr.Column(scale=1):
             canvas = gr.Image(label="Model input with text boxes — click two corners to draw a box",
                               interactive=False, height=384, elem_id="tt-canvas")
             box_md = gr.Markdown()
+    gr.Markdown(SCORE_HELP, elem_id="tt-score-help")
     outs = []
     with gr.Row():
         for side in ("A", "B"):
             with gr.Column():
                 gr.Markdown(f"### Tokenizer {side}")
                 with gr.Row():
-                    ov = gr.Image(label="Top text token's effect (green: text region)",
-                                  interactive=False, height=200)
-                    keep = gr.Image(label="Keep only the text tokens", interactive=False, height=200)
-                    drop = gr.Image(label="Drop only the text tokens", interactive=False, height=200)
+                    ov = gr.Image(label="Top token's effect", interactive=False, height=200)
+                    keep = gr.Image(label="Text tokens only", interactive=False, height=200)
+                    drop = gr.Image(label="Without them", interactive=False, height=200)
                 md = gr.Markdown(elem_id=f"tt-md-{side.lower()}")
                 fig = gr.Plot(label="Inside vs outside", elem_id=f"tt-plot-{side.lower()}")
-                table = gr.Dataframe(label="Tokens ranked by text score", interactive=False,
-                                     max_height=300, elem_id=f"tt-table-{side.lower()}")
-                outs.append((ov, table, fig, keep, drop, md))
-    with gr.Accordion("Dataset level: which token indices carry text (textscenes, ground-truth masks)",
-                      open=True):
+                table = gr.Dataframe(label="Tokens ranked by score (see above)", interactive=False,
+                                     max_height=300, wrap=True, elem_id=f"tt-table-{side.lower()}")
+                dfig = gr.Plot(label="Deletion curves on this image", elem_id=f"tt-del-{side.lower()}")
+                outs.append((ov, table, fig, keep, drop, md, dfig))
+    with gr.Accordion("Dataset level: which token indices carry text, and what that ranking is worth "
+                      "(held-out textscenes, ground-truth boxes)", open=True):
         with gr.Row():
-            count = gr.Slider(1, 256, value=16, step=1, label="textscenes images")
-            dbtn = gr.Button("Profile the dataset", elem_id="tt-dataset")
-        dfig = gr.Plot(label="Text concentration per token index", elem_id="tt-profile")
+            count = gr.Slider(1, 256, value=16, step=1, label="textscenes images",
+                              info="ranked on held-out #0…n−1, checked on #n…2n−1")
+            dbtn = gr.Button("Rank and check", elem_id="tt-dataset")
+        dfig_all = gr.Plot(label="Importance per token (mean with 95% CI; concentration beside)",
+                           elem_id="tt-profile")
         dmd = gr.Markdown(elem_id="tt-profile-md")
+        ddel = gr.Plot(label="Deletion curves on unseen images", elem_id="tt-deletion")
 
     det.click(event(lambda im, t: detect(ctx, im, t)), [image, ctx.tok_a], [boxes, canvas, box_md],
               api_name="detect_text")
     ts_btn.click(handler(lambda t, i: textscenes_sample(ctx, t, i)), [ctx.tok_a, ts_index],
                  [image, boxes, box_md], api_name="textscenes_sample")
-    clear.click(lambda: ("", None, None, "boxes cleared"), None, [boxes, canvas, corner, box_md])
+
+    def on_clear(im, t):
+        """Clear the boxes, keep the image: the canvas shows the model input without boxes."""
+        canvas_img = None
+        if im:
+            tok, x, _, _ = prepare_boxes(ctx, im, t, "")
+            canvas_img = _canvas(x, [], tok.image_size)
+        return "", canvas_img, None, "boxes cleared"
+
+    clear.click(handler(on_clear), [image, ctx.tok_a], [boxes, canvas, corner, box_md])
+
     def on_image(im, t, b):
         if not im:
             return None
@@ -259,11 +318,13 @@ def build(ctx: Ctx):
         return analyse(ctx, im, a, b, bx, mode, k, use_ocr, progress=progress)
 
     flat = [c for o in outs for c in o]
-    btn.click(event(fn, duration=240), [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr],
+    btn.click(event(seeded(fn), duration=240),
+              [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr, ctx.decode_seed],
               [canvas] + flat, api_name="text_tokens", concurrency_limit=2)
 
     def dfn(a, b, count, mode, progress=gr.Progress()):
         return dataset_view(ctx, a, b, count, mode, progress)
 
-    dbtn.click(event(dfn, duration=240), [ctx.tok_a, ctx.tok_b, count, mode], [dfig, dmd],
+    dbtn.click(event(seeded(dfn), duration=240),
+               [ctx.tok_a, ctx.tok_b, count, mode, ctx.decode_seed], [dfig_all, dmd, ddel],
                api_name="text_profile", concurrency_limit=1)

@@ -4,38 +4,26 @@ from __future__ import annotations
 import math
 
 import gradio as gr
+import numpy as np
 import torch
 
 from ..analysis import ablation as A
+from ..analysis.baseline import default_baseline
 from ..analysis.codec import decode, encode
-from ..analysis.pictures import colorize, map_grid, show, upscale_to
-from . import datasets
-from .common import Ctx, event, handler, image_input
+from ..analysis.pictures import colorize, map_grid, number_cells, show, upscale_to, with_colorbar
+from ..analysis.prefix import prefix_strip
+from .common import Ctx, decode_note, event, handler, image_input, seeded
 from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
 
 MODES = list(A.REPLACEMENTS)
-
-
-def dataset_mean(ctx: Ctx, tok_name: str, tok) -> torch.Tensor:
-    """Mean token per position over the examples (or textscenes) — computed once per model."""
-
-    def compute():
-        for source in ("textscenes", "examples"):
-            try:
-                s = datasets.get(source, tok.image_size, count=64)
-                return A.mean_latents(tok, s.images), s.note
-            except InputError:
-                continue
-        return None, "no dataset available"
-
-    return ctx.manager.cached((tok_name, "mean_latents"), compute)
 
 
 def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, seed) -> dict:
     """Encode A (and B), ablate every token of A; reuses the user's state when nothing changed."""
     mode = parse_choice(mode, "replacement", MODES)
     seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
-    key = (str(image_a), str(image_b), tok_name, mode, seed)
+    from ..sampling.settings import decode_settings   # a stochastic decoder's seed is in the key
+    key = (str(image_a), str(image_b), tok_name, mode, seed, str(decode_settings()))
     if state and state.get("key") == key:
         return state
     tok = ctx.tokenizer(tok_name)
@@ -44,42 +32,41 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     enc = encode(tok, xa if xb is None else torch.cat([xa, xb]))
     la = enc.latents[0]
     lb = enc.latents[1] if xb is not None else None
-    mean, mean_note = dataset_mean(ctx, tok_name, tok)
-    if mean is None:  # no dataset on this install: the mean token of the images in hand
-        mean = enc.latents.mean((0, 1), keepdim=True)[0].expand_as(la).clone()
-        mean_note = "the images given (no dataset available)"
     if mode == "other" and lb is None:
         raise InputError("replacement 'another image's token' needs image B")
-    res = A.ablate_tokens(tok, la, mode, mean=mean, other=lb, seed=seed)
+    base = default_baseline(tok) if mode == "mean" else None   # the one documented baseline
+    res = A.ablate_tokens(tok, la, mode, mean=base, other=lb, seed=seed)
     return {"key": key, "tok": tok_name, "xa": xa, "xb": xb, "la": la, "lb": lb, "desc": desc,
-            "mean": mean, "mean_note": mean_note, "res": res}
+            "res": res, "image_a": image_a, "decode_note": decode_note(tok)}
 
 
 def ablation_view(st: dict, selected: int = 0):
     res: A.AblationResult = st["res"]
     n = res.num_tokens
     cols = int(math.ceil(math.sqrt(n)))
-    grid = map_grid(res.maps, columns=cols, pad=GRID_PAD, tile=grid_tile(res))
+    vmax = float(res.maps.max())
+    grid = number_tiles(upscale_to(map_grid(res.maps, columns=cols, pad=GRID_PAD, tile=grid_tile(res)),
+                                   GRID_DISPLAY), res)
     order = res.ranking()
     top = ", ".join(f"{i} ({float(res.effect[i]):.3g})" for i in order[:5])
-    md = (f"**{n} tokens ablated** ({A.REPLACEMENT_LABELS[res.mode]}) in one batched pass: "
+    md = (f"**{n} tokens ablated** ({res.baseline_label}) in one batched pass: "
           f"{1000 * res.seconds:.0f} ms. Most important: {top}. Least: {order[-1]} "
-          f"({float(res.effect[order[-1]]):.3g}). Grid: token i at row i // {cols}, column i % {cols}; "
-          f"click a cell to select it. Input: {st['desc']}.")
-    if res.mode == "mean":
-        md += f" Mean token from {st['mean_note']}."
-    return upscale_to(grid, 384), A.effect_bar_figure(res.effect, selected), md
+          f"({float(res.effect[order[-1]]):.3g}). Grid: token i at row i // {cols}, column i % {cols} "
+          f"(numbered); one shared colour scale; click a cell to select it. Input: {st['desc']}.")
+    if st.get("decode_note"):
+        md += " " + st["decode_note"]
+    return with_colorbar(grid, vmax, MAP_UNIT), A.effect_bar_figure(res.effect, selected), md
 
 
 def token_view(st: dict, i: int):
     res: A.AblationResult = st["res"]
     i = parse_int(i, "token", 0, res.num_tokens - 1)
-    heat = colorize(res.maps[i], float(res.maps.max()))
+    vmax = float(res.maps.max())
+    heat = with_colorbar(upscale_to(colorize(res.maps[i], vmax), 256), vmax, MAP_UNIT)
     rank = res.ranking().index(i) + 1
     md = (f"Token **{i}**: mean |Δ| {float(res.effect[i]):.3g}, rank {rank} of {res.num_tokens}, "
-          f"max |Δ| {float(res.maps[i].max()):.3f}.")
-    return show(res.base), show(res.ablated[i]), upscale_to(heat, 256), md, \
-        A.effect_bar_figure(res.effect, i)
+          f"max |Δ| {float(res.maps[i].max()):.3f} ({MAP_UNIT}; colour scale shared with the grid).")
+    return show(res.base), show(res.ablated[i]), heat, md, A.effect_bar_figure(res.effect, i)
 
 
 def subset_view(ctx: Ctx, st: dict, order_name: str, k):
@@ -97,8 +84,36 @@ def subset_view(ctx: Ctx, st: dict, order_name: str, k):
                                                  ks, res.base)}
     err = float(A.diff_maps(img[None], res.base[None]).mean())
     md = (f"Kept {k}/{n} tokens ({order_name}): {', '.join(map(str, keep)) or 'none'}; the rest are "
-          f"{A.REPLACEMENT_LABELS[res.mode]}. Mean |Δ| vs full reconstruction {err:.3g}.")
+          f"replaced ({res.baseline_label}). Mean |Δ| vs full reconstruction {err:.3g}.")
     return show(img), A.sweep_figure(curves), md
+
+
+def prefix_view(ctx: Ctx, st: dict, tok_b: str):
+    """The prefix strips of image A for tokenizer A (this tab's) and B (the header's): its
+    reconstruction from the first k tokens and from its k most important ones, k = 1, 2, 4, … N."""
+    names = [st["tok"]] + ([tok_b] if tok_b and tok_b not in ("none", st["tok"]) else [])
+    galleries, notes = [], []
+    for name in names:
+        tok = ctx.tokenizer(name)
+        if name == st["tok"]:
+            lat, res = st["la"], st["res"]
+        else:
+            x = model_image(st["image_a"], tok.image_size)[0]
+            lat = encode(tok, x).latents[0]
+            res = A.ablate_tokens(tok, lat)
+        strip = prefix_strip(tok, lat, res.ranking(), ranking_source="this image's ablation effect")
+        cells = [(show(img, 128), label) for img, label in zip(strip.first, strip.first_labels)]
+        cells += [(show(img, 128), label) for img, label in zip(strip.top, strip.top_labels)]
+        galleries.append(gr.update(value=cells, columns=len(strip.ks), label=f"{name}: top row "
+                                   f"{strip.rows()[0][0]}; bottom row {strip.rows()[1][0]}",
+                                   visible=True))
+        notes.append(f"**{name}**: {'; '.join(strip.notes) or 'a true prefix decode'}. "
+                     f"{strip.baseline.label}."
+                     + (" " + decode_note(tok) if decode_note(tok) else ""))
+    while len(galleries) < 2:
+        galleries.append(gr.update(value=None, visible=False))
+        notes.append("_Pick a tokenizer B in the header to compare._")
+    return galleries[0], galleries[1], "\n\n".join(notes)
 
 
 def swap_view(ctx: Ctx, st: dict, tokens_text):
@@ -149,8 +164,10 @@ def build(ctx: Ctx):
             btn = gr.Button("Ablate every token", variant="primary", elem_id="lab-run")
         with gr.Column(scale=2):
             with gr.Row():
-                grid = gr.Image(label="Per-token difference maps (click a cell)", interactive=False,
-                                height=384, elem_id="lab-grid")
+                with gr.Column():
+                    gr.Markdown("**Per-token difference maps** (numbered; click a cell)")
+                    grid = gr.Image(show_label=False, interactive=False, height=384,
+                                    elem_id="lab-grid")
                 bars = gr.Plot(label="Effect of each token", elem_id="lab-bars")
             summary = gr.Markdown(elem_id="lab-summary")
     with gr.Row():
@@ -169,6 +186,17 @@ def build(ctx: Ctx):
             sub_img = gr.Image(label="k-token reconstruction", interactive=False, height=256)
             sweep = gr.Plot(label="Error versus k")
         sub_md = gr.Markdown()
+    with gr.Accordion("Prefix strip: how each tokenizer spends its tokens (image A)", open=True):
+        gr.Markdown("Reconstructions of image A from its **first k** tokens (top row) and from its "
+                    "**k most important** tokens by this image's ablation effect (bottom row), "
+                    "k = 1, 2, 4, … N, for tokenizer A and the header's tokenizer B. A tokenizer "
+                    "that cannot decode fewer tokens gets the others replaced by the baseline.")
+        prefix_btn = gr.Button("Show the prefix strips", elem_id="lab-prefix")
+        strip_a = gr.Gallery(label="Tokenizer A", height=300, object_fit="contain",
+                             elem_id="lab-strip-a")
+        strip_b = gr.Gallery(label="Tokenizer B", height=300, object_fit="contain",
+                             elem_id="lab-strip-b")
+        prefix_md = gr.Markdown(elem_id="lab-prefix-md")
     with gr.Accordion("Swap tokens from B into A", open=True):
         with gr.Row():
             swap_tokens = gr.Textbox("0-3", label="Tokens to take from B", info="e.g. 0, 3, 5-7 or all")
@@ -197,7 +225,7 @@ def build(ctx: Ctx):
         return (st, g, fig, md, gr.update(maximum=n - 1, value=top), gr.update(maximum=n),
                 b_img, a_img, h_img, t_md)
 
-    btn.click(event(do_ablate), common_in,
+    btn.click(event(seeded(do_ablate)), common_in + [ctx.decode_seed],
               [state, grid, bars, summary, token, k, base, ablated, heat, token_md],
               api_name="ablate", concurrency_limit=2)
 
@@ -206,7 +234,8 @@ def build(ctx: Ctx):
         return (st,) + token_view(st, i)
 
     token_out = [state, base, ablated, heat, token_md, bars]
-    token.release(event(do_token), common_in + [token], token_out, api_name="select_token")
+    token.release(event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out,
+                  api_name="select_token")
 
     def grid_click(state, evt: gr.SelectData):
         if not state or "res" not in state:
@@ -214,32 +243,57 @@ def build(ctx: Ctx):
         return gr.update(value=grid_cell(state["res"], evt.index[0], evt.index[1]))
 
     grid.select(handler(grid_click), [state], [token]).then(
-        event(do_token), common_in + [token], token_out)
+        event(seeded(do_token)), common_in + [token, ctx.decode_seed], token_out)
 
     def do_subset(state, a, b, tok, mode, seed, order, k):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + subset_view(ctx, st, order, k)
 
-    sub_btn.click(event(do_subset), common_in + [order, k], [state, sub_img, sweep, sub_md],
+    sub_btn.click(event(seeded(do_subset)), common_in + [order, k, ctx.decode_seed],
+                  [state, sub_img, sweep, sub_md],
                   api_name="subset", concurrency_limit=2)
+
+    def do_prefix(state, a, b, tok, mode, seed, tok_b):
+        st = prepare(ctx, state, a, b, tok, mode, seed)
+        return (st,) + prefix_view(ctx, st, tok_b)
+
+    prefix_btn.click(event(seeded(do_prefix), duration=120),
+                     common_in + [ctx.tok_b, ctx.decode_seed],
+                     [state, strip_a, strip_b, prefix_md], api_name="prefix_strip",
+                     concurrency_limit=2)
 
     def do_swap(state, a, b, tok, mode, seed, tokens):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + swap_view(ctx, st, tokens)
 
-    swap_btn.click(event(do_swap), common_in + [swap_tokens], [state, rec_a, rec_b, swapped, swap_md],
+    swap_btn.click(event(seeded(do_swap)), common_in + [swap_tokens, ctx.decode_seed],
+                   [state, rec_a, rec_b, swapped, swap_md],
                    api_name="swap", concurrency_limit=2)
 
     def do_interp(state, a, b, tok, mode, seed, steps, method):
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return st, interp_view(ctx, st, steps, method)
 
-    interp_btn.click(event(do_interp), common_in + [steps, method], [state, gallery],
+    interp_btn.click(event(seeded(do_interp)), common_in + [steps, method, ctx.decode_seed],
+                     [state, gallery],
                      api_name="interpolate", concurrency_limit=2)
 
 
 GRID_PAD = 3
 GRID_WIDTH = 400  # target width of the tiled difference maps, in pixels
+GRID_DISPLAY = 384
+MAP_UNIT = "|Δ| vs full reconstruction (0–1 pixel units)"
+
+
+def number_tiles(grid: np.ndarray, res: A.AblationResult, display: int = GRID_DISPLAY,
+                 pad: int = GRID_PAD) -> np.ndarray:
+    """The displayed grid with each tile's token index in its top-left corner."""
+    n = res.maps.shape[0]
+    tile = grid_tile(res)
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    f = max(1, int(math.ceil(display / (rows * (tile + pad) + pad))))
+    return number_cells(grid, n, cols, tile * f, pad * f)
 
 
 def grid_tile(res: A.AblationResult) -> int:
@@ -249,7 +303,8 @@ def grid_tile(res: A.AblationResult) -> int:
     return max(8, min(h, GRID_WIDTH // cols - GRID_PAD))
 
 
-def grid_cell(res: A.AblationResult, x: float, y: float, display: int = 384, pad: int = GRID_PAD) -> int:
+def grid_cell(res: A.AblationResult, x: float, y: float, display: int = GRID_DISPLAY,
+              pad: int = GRID_PAD) -> int:
     """Token index under pixel (x, y) of the grid image shown by ``ablation_view``."""
     n = res.maps.shape[0]
     h = w = grid_tile(res)

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from ...device import module_device
-from ..maskgit import _cfg_scale_power_cosine
-from ..settings import resolve
+from ..maskgit import _cfg_scale_power_cosine, resolve_options
 from .runtime import BF16, LOCK, _Graphs, _PerModelCache, compile_enabled, graphs_enabled, low_precision_copy
 
 
@@ -95,12 +94,8 @@ def sample_maskgit_fast(gen: nn.Module, labels, *, steps: Optional[int] = None,
                         guidance_scale_pow: float = 3.0, softmax_temperature_annealing: bool = True,
                         compile: Optional[bool] = None, graphs: Optional[bool] = None) -> torch.Tensor:
     """``sampling.maskgit.sample_maskgit`` on the fast path: same options, same random draws."""
-    opts = resolve(gen, dict(steps=steps, guidance_scale=guidance_scale, guidance_decay=guidance_decay,
-                             randomize_temperature=randomize_temperature))
-    steps, scale = opts["steps"], opts["guidance_scale"]
-    decay, temperature = opts["guidance_decay"], opts["randomize_temperature"]
-    rng = seed if seed is None or isinstance(seed, torch.Generator) \
-        else torch.Generator().manual_seed(int(seed))
+    steps, scale, decay, temperature, rng = resolve_options(gen, steps, guidance_scale, guidance_decay,
+                                                            randomize_temperature, seed)
     device = module_device(gen)
     on_cuda = device.type == "cuda"
     y = torch.as_tensor([labels] if isinstance(labels, int) else labels).long().reshape(-1)
