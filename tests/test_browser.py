@@ -324,10 +324,10 @@ def generate_in_browser(d, app):
             "['linear','constant','power-cosine'].includes(x.value)); return !!r"), 30,
              "MaskGIT sampler defaults")
         # MaskGIT hides the SiT controls: no SiT sampler methods, no guidance interval
-        assert not d.execute_script(
+        wait(d, lambda d: not d.execute_script(
             "return [...document.querySelectorAll('#gen-sampler input[type=radio]')]"
             ".some(x => ['euler','heun','sde'].includes(x.value) && x.offsetParent !== null)")
-        assert not [e for e in d.find_elements(By.CSS_SELECTOR, "#gen-g-low, #gen-g-high")
-                    if e.is_displayed()]
+             and not [e for e in d.find_elements(By.CSS_SELECTOR, "#gen-g-low, #gen-g-high")
+                      if e.is_displayed()], 30, "MaskGIT hides the SiT controls")
         click(d, "#gen-run")
         wait(d, lambda d: f"{app['gen_b']} → {app['b']}" in text(d, "gen-notes"), 60, "MaskGIT run")
