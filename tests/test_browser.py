@@ -184,9 +184,15 @@ def test_every_tab(ui_app, browser):
     d.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
     from selenium.webdriver import ActionChains
     w, h = grid.size["width"], grid.size["height"]
-    # the grid is square (a colour bar is appended on its right): x is measured on its height
-    ActionChains(d).move_to_element_with_offset(grid, int(h * 0.3) - w // 2,
-                                                int(h * 0.1) - h // 2).click().perform()
+    # aim at the centre of token 1's tile: the grid (square, cols = rows = ceil(sqrt(n))) is the
+    # left part of the picture, a colour bar its right; the picture is letterboxed in the element
+    import math
+    nw, nh = d.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", grid)
+    cols = math.ceil(math.sqrt(n))
+    scale = min(w / nw, h / nh)
+    ox, oy = (w - nw * scale) / 2, (h - nh * scale) / 2
+    x, y = ox + nh * scale * 1.5 / cols, oy + nh * scale * 0.5 / cols
+    ActionChains(d).move_to_element_with_offset(grid, int(x - w / 2), int(y - h / 2)).click().perform()
     # the click lands on row 0, column 1 of the grid: token 1
     wait(d, lambda d: "Token 1: mean" in d.find_element(By.TAG_NAME, "body").text, 30,
          "token selection")
@@ -318,10 +324,10 @@ def generate_in_browser(d, app):
             "['linear','constant','power-cosine'].includes(x.value)); return !!r"), 30,
              "MaskGIT sampler defaults")
         # MaskGIT hides the SiT controls: no SiT sampler methods, no guidance interval
-        assert not d.execute_script(
+        wait(d, lambda d: not d.execute_script(
             "return [...document.querySelectorAll('#gen-sampler input[type=radio]')]"
             ".some(x => ['euler','heun','sde'].includes(x.value) && x.offsetParent !== null)")
-        assert not [e for e in d.find_elements(By.CSS_SELECTOR, "#gen-g-low, #gen-g-high")
-                    if e.is_displayed()]
+             and not [e for e in d.find_elements(By.CSS_SELECTOR, "#gen-g-low, #gen-g-high")
+                      if e.is_displayed()], 30, "MaskGIT hides the SiT controls")
         click(d, "#gen-run")
         wait(d, lambda d: f"{app['gen_b']} → {app['b']}" in text(d, "gen-notes"), 60, "MaskGIT run")

@@ -21,6 +21,7 @@ CSS = """
 #lab-grid img, #tt-canvas img, .pixelated img { image-rendering: pixelated; }
 .model-summary { font-size: 0.9em; }
 .lm-hidden { display: none !important; }
+#rec-table th, #rec-table td { word-break: normal; overflow-wrap: normal; hyphens: none; }
 """
 
 

@@ -92,8 +92,7 @@ def build(ctx: Ctx):
                 heat_b = gr.Image(label="|error| B (colour bar: 0–1 pixel units)", interactive=False,
                                   height=256)
     table = gr.Dataframe(value={"headers": COLUMNS, "data": [[None] * len(COLUMNS)]}, label="Metrics",
-                         interactive=False, wrap=False, elem_id="rec-table",
-                         column_widths=[f"{max(7, len(c))}ch" for c in COLUMNS])
+                         interactive=False, wrap=False, elem_id="rec-table")
     notes = gr.Markdown(elem_id="rec-notes")
 
     def fn(image, a, b, ocr_on, fit):
