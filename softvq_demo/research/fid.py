@@ -148,9 +148,12 @@ def compare(samples, reference, *, net: Optional[FeatureFn] = None, device=None,
     """FID (and IS, precision/recall where the network gives logits / both sides have images)
     of ``samples`` (.npz path or N×H×W×3 uint8) against ``reference`` (.npz with ``arr_0``; an
     ADM reference batch also carries its own TF ``mu``/``sigma``, reported as ``fid_adm_stats``)."""
-    from ..device import resolve_device
+    from ..device import module_device, resolve_device
 
-    dev = resolve_device(device)
+    if net is not None and device is None and isinstance(net, torch.nn.Module):
+        dev = module_device(net)          # a given network runs where it lives
+    else:
+        dev = resolve_device(device)
     net = net if net is not None else inception(dev)
     gen = load_images(samples) if not isinstance(samples, np.ndarray) else samples
     ref = load_images(reference) if not isinstance(reference, np.ndarray) else reference
