@@ -210,6 +210,10 @@ def atomic_image_cache() -> None:
         return
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        # gr.Image's default webp is PIL's lossy quality 80: reconstructions and error maps would
+        # carry compression artefacts of up to ~8/255. Researchers compare pixels: PNG, lossless.
+        if format.lower() == "webp":
+            format = "png"
         data = pu.encode_pil_to_bytes(img, format)
         folder = Path(cache_dir) / pu.hash_bytes(data)
         folder.mkdir(exist_ok=True, parents=True)
