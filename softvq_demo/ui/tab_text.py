@@ -14,7 +14,8 @@ from ..analysis.baseline import default_baseline
 from ..analysis.codec import encode
 from ..analysis.deletion import deletion_curves, deletion_figure
 from ..analysis.importance import importance_figure, text_importance, textscenes_set
-from ..analysis.pictures import colorize, overlay, to_uint8, upscale_to
+from ..analysis.pictures import (amplified_difference, colorize, overlay, show, to_uint8, upscale_to,
+                                 with_colorbar)
 from ..analysis.prefix import doubling_ks
 from ..analysis.tokbench import GroundTruthText, OriginalOCR
 from ..data.textscenes import TextScenes
@@ -152,7 +153,36 @@ def analyse_one(ctx: Ctx, name: str, image, boxes_a, size_a: int, mode: str, k: 
     heat = colorize(res.ablation.maps[top])
     ov = T.mask_overlay(overlay(to_uint8(x[0]), heat), mask, color=(0, 255, 0), alpha=0.2)
     return (upscale_to(ov, 256), table, fig, upscale_to(to_uint8(keep), 256),
-            upscale_to(to_uint8(drop), 256), "\n\n".join(lines), dfig)
+            upscale_to(to_uint8(drop), 256), "\n\n".join(lines), dfig), res
+
+
+DIFF_UNIT = "|Δ| vs full reconstruction (0–1 pixel units)"
+AMPLIFY = 4.0
+
+
+def ranked_token_view(res, row: int, row_value=None):
+    """A row of the ranked table → that token's ablation: the reconstruction without it, its |Δ|
+    map (colour bar in pixel units) and the signed difference amplified ×4 around grey.
+    ``row_value`` (the clicked row as shown, [rank, token, …]) wins over ``row``: the browser may
+    have sorted the table."""
+    if res is None:
+        raise InputError("run 'Find the text tokens' first, then click a row of the table")
+    ranking = res.ranking()
+    if row_value is not None and len(row_value) > 1:
+        i = parse_int(row_value[1], "token", 0, len(ranking) - 1)
+        row = ranking.index(i)
+    else:
+        row = parse_int(row, "table row", 0, len(ranking) - 1)
+        i = ranking[row]
+    ab = res.ablation
+    vmax = max(float(ab.maps[i].max()), 1e-3)
+    heat = with_colorbar(upscale_to(colorize(ab.maps[i], vmax), 256), vmax, DIFF_UNIT)
+    amp = upscale_to(amplified_difference(ab.ablated[i], ab.base, AMPLIFY), 256)
+    md = (f"Token **{i}** (rank {row + 1} of {len(ranking)}): ablated with the "
+          f"{ab.baseline_label.removeprefix('baseline: ')}; mean |Δ| {float(ab.effect[i]):.3g}, "
+          f"max {float(ab.maps[i].max()):.3f}. Right: the signed difference (ablated − full) ×{AMPLIFY:g} "
+          "around mid-grey, so small changes show.")
+    return show(ab.ablated[i]), heat, amp, md
 
 
 # Columns left out of the on-screen table so the OCR columns fit without scrolling sideways.
@@ -173,15 +203,17 @@ def analyse(ctx: Ctx, image, tok_a: str, tok_b: str, boxes_text: str, mode: str,
         raise InputError("no text boxes: detect them, draw one (two clicks on the image) or type "
                          "x0,y0,x1,y1")
     k = parse_int(k, "k", 0, tok.num_tokens)
-    out_a = analyse_one(ctx, tok_a, image, boxes, tok.image_size, mode, k, use_ocr,
-                        progress=_sub(progress, 0.0, 0.5, tok_a))
+    out_a, res_a = analyse_one(ctx, tok_a, image, boxes, tok.image_size, mode, k, use_ocr,
+                               progress=_sub(progress, 0.0, 0.5, tok_a))
     if tok_b and tok_b not in ("none", tok_a):
         kb = min(k, ctx.tokenizer(tok_b).num_tokens)
-        out_b = analyse_one(ctx, tok_b, image, boxes, tok.image_size, mode, kb, use_ocr,
-                            progress=_sub(progress, 0.5, 1.0, tok_b))
+        out_b, res_b = analyse_one(ctx, tok_b, image, boxes, tok.image_size, mode, kb, use_ocr,
+                                   progress=_sub(progress, 0.5, 1.0, tok_b))
     else:
         out_b = (None, None, None, None, None, "_Pick a tokenizer B in the header to compare._", None)
-    return (_canvas(x, boxes, tok.image_size),) + out_a + out_b
+        res_b = None
+    # the per-side results stay in the session (gr.State) for clicks on the ranked tables
+    return (_canvas(x, boxes, tok.image_size),) + out_a + out_b + (res_a, res_b)
 
 
 def _sub(progress, lo, hi, name):
@@ -260,7 +292,8 @@ def build(ctx: Ctx):
                               interactive=False, height=384, elem_id="tt-canvas")
             box_md = gr.Markdown()
     gr.Markdown(SCORE_HELP, elem_id="tt-score-help")
-    outs = []
+    outs, selects = [], []
+    results = (gr.State(None), gr.State(None))   # per-side TextTokenResult of the last run
     with gr.Row():
         for side in ("A", "B"):
             with gr.Column():
@@ -273,8 +306,16 @@ def build(ctx: Ctx):
                 fig = gr.Plot(label="Inside vs outside", elem_id=f"tt-plot-{side.lower()}")
                 table = gr.Dataframe(label="Tokens ranked by score (see above)", interactive=False,
                                      max_height=300, wrap=True, elem_id=f"tt-table-{side.lower()}")
+                gr.Markdown("Click a row of the table to see that token's ablation:")
+                with gr.Row():
+                    sel_abl = gr.Image(label="Without the clicked token", interactive=False, height=200)
+                    sel_map = gr.Image(label="|Δ| map", interactive=False, height=200)
+                    sel_amp = gr.Image(label=f"Signed difference ×{AMPLIFY:g}", interactive=False,
+                                       height=200)
+                sel_md = gr.Markdown(elem_id=f"tt-sel-{side.lower()}")
                 dfig = gr.Plot(label="Deletion curves on this image", elem_id=f"tt-del-{side.lower()}")
                 outs.append((ov, table, fig, keep, drop, md, dfig))
+                selects.append((table, sel_abl, sel_map, sel_amp, sel_md))
     with gr.Accordion("Dataset level: which token indices carry text, and what that ranking is worth "
                       "(held-out textscenes, ground-truth boxes)", open=True):
         with gr.Row():
@@ -320,7 +361,14 @@ def build(ctx: Ctx):
     flat = [c for o in outs for c in o]
     btn.click(event(seeded(fn), duration=240),
               [image, ctx.tok_a, ctx.tok_b, boxes, mode, k, use_ocr, ctx.decode_seed],
-              [canvas] + flat, api_name="text_tokens", concurrency_limit=2)
+              [canvas] + flat + list(results), api_name="text_tokens", concurrency_limit=2)
+
+    for (table, *views), res_state in zip(selects, results):
+        def on_row(res, evt: gr.SelectData):
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            return ranked_token_view(res, row, evt.row_value)
+
+        table.select(handler(on_row), [res_state], views)
 
     def dfn(a, b, count, mode, progress=gr.Progress()):
         return dataset_view(ctx, a, b, count, mode, progress)
