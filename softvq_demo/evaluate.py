@@ -220,7 +220,7 @@ def evaluate_tables(tok, n: int = 200, photos: Optional[int] = None, *, seed: in
         if count <= 0:
             continue
         x, lines = _text_set(kind, count, seed, size)
-        recon = reconstruct(tok, x, batch_size=batch_size, progress=progress, desc=f"{kind}: reconstruct")
+        recon = reconstruct_images(tok, x, batch_size=batch_size, progress=progress, desc=f"{kind}: reconstruct")
         outputs = {"tokenizer": recon, "original": x}
         outputs.update({f"bicubic {k}x": bicubic_copy(x, k) for k in BICUBIC_FACTORS})
         out[kind] = dict(n=count, rows=text_rows(x, outputs, lines, use_ocr=use_ocr, progress=progress, name=kind))

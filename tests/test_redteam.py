@@ -490,7 +490,7 @@ def test_messages_are_short_and_name_the_field(server, local):
     cases.append(("reconstruct", [upload(srv, srv["good"]), ["a", "b"], "none", False, "center-crop"], "Tokenizer A", ""))
     cases.append(("reconstruct", [upload(srv, srv["good"]), {"x": 1}, "none", False, "center-crop"], "Tokenizer A", ""))
     cases.append(("generate", [], "expected 9 values", ""))
-    cases.append(("ablate", [None, None], "expected 5 values", ""))
+    cases.append(("ablate", [None, None], "expected 6 values", ""))
     name = "m" * 5_000_000
     cases.append(("load_model", [name[:1_500_000]], "Catalogue model", name))
     boxes = "9" * 9_000 + ", x"

@@ -300,6 +300,11 @@ def guard_inputs(demo: gr.Blocks) -> FilePolicy:
 
     async def preprocess_data(block_fn, inputs, state, explicit_call: bool = False):
         expected = block_fn.inputs
+        if isinstance(inputs, list) and len(inputs) < len(expected) and all(
+                isinstance(b, gr.Number) for b in expected[len(inputs):]):
+            # trailing number inputs added later (the FlexTok decode seed) may be left out, as
+            # gradio_client allows, so older API calls keep working: they take their defaults
+            inputs = inputs + [b.value for b in expected[len(inputs):]]
         if not isinstance(inputs, list) or len(inputs) != len(expected):
             n = len(inputs) if isinstance(inputs, list) else 0
             api = [b for b in expected if not getattr(b, "skip_api", False)]   # state: not sent

@@ -14,6 +14,7 @@ from torch import nn
 
 from ...device import module_device
 from ...models.base import Encoded
+from ...models.titok import TiTok
 from .runtime import BF16, LOCK, _Graphs, _PerModelCache, compile_enabled, graphs_enabled, low_precision_copy
 
 
@@ -49,7 +50,8 @@ class FastTokenizer:
         # TiTok runs in float16, as its official recipe does: in bf16 its proxy-code softmax and
         # MaskGIT-VQGAN pixel decoder put images 2.2-2.9e-2 off the float32 reference (H100, random
         # weights; bf16 ViT + fp16 pixel decoder still 0.9-1.0e-2), at the same speed.
-        self.dtype = (torch.float16 if tok.family == "titok" else BF16) if on_cuda else torch.float32
+        # (One-D-Piece is a TiTok subclass with the same pixel decoder)
+        self.dtype = (torch.float16 if isinstance(tok, TiTok) else BF16) if on_cuda else torch.float32
         self.compiled = compile_enabled(self.device, compile)
         self._copy = low_precision_copy(tok, self.dtype, compile=self.compiled) if on_cuda else None
         self.graphs = _Graphs(self.device, graphs_enabled(self.device, graphs))
