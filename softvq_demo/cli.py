@@ -146,20 +146,26 @@ def cmd_reconstruct(args) -> None:
         tqdm.write(f"{p.name}: {how}; PSNR {float(psnr(y, x)):.2f} dB -> {out / (p.stem + '_recon.png')}")
 
 
-def cmd_generate(args) -> None:
+def load_generator_and_tokenizer(generator: str, tokenizer: Optional[str], device):
+    """The generator, the tokenizer it decodes through (``tokenizer``, or the catalogue's pair) and
+    that tokenizer's source."""
     from .catalogue import find_entry
-    from .data.images import to_pil
     from .loading import load_generator, load_tokenizer
-    from .sampling import check_pair, generate, pair_warning
 
-    gen = load_generator(args.generator, device=args.device)
-    tok_src = args.tokenizer
-    if tok_src is None:
-        entry = find_entry(args.generator)
+    gen = load_generator(generator, device=device)
+    if tokenizer is None:
+        entry = find_entry(generator)
         if entry is None or entry.pair is None:
             raise ValueError("--tokenizer is required for a generator outside the catalogue")
-        tok_src = entry.pair
-    tok = load_tokenizer(tok_src, device=args.device)
+        tokenizer = entry.pair
+    return gen, load_tokenizer(tokenizer, device=device), tokenizer
+
+
+def cmd_generate(args) -> None:
+    from .data.images import to_pil
+    from .sampling import check_pair, generate, pair_warning
+
+    gen, tok, _ = load_generator_and_tokenizer(args.generator, args.tokenizer, args.device)
     check_pair(tok, gen)
     warning = pair_warning(tok, gen)
     if warning:
@@ -223,8 +229,7 @@ def cmd_research(args) -> None:
     if args.command == "fid":
         _print_fid(args.samples, args.reference, args.device, args.batch_size)
         return
-    from .catalogue import find_entry
-    from .loading import load_generator, load_tokenizer
+    from .loading import load_tokenizer
     from .research.shards import distributed
 
     fast = False if args.reference_path else None
@@ -240,14 +245,7 @@ def cmd_research(args) -> None:
         else:
             from .research.sample_set import sample_set
 
-            gen = load_generator(args.generator, device=dist.device)
-            tok_src = args.tokenizer
-            if tok_src is None:
-                entry = find_entry(args.generator)
-                if entry is None or entry.pair is None:
-                    raise ValueError("--tokenizer is required for a generator outside the catalogue")
-                tok_src = entry.pair
-            tok = load_tokenizer(tok_src, device=dist.device)
+            gen, tok, tok_src = load_generator_and_tokenizer(args.generator, args.tokenizer, dist.device)
             summary = sample_set(gen, tok, args.num_samples, args.out, dist=dist, seed=args.seed,
                                  batch_size=args.batch_size, labels=args.labels, png=args.png, fast=fast,
                                  sources={"generator": args.generator, "tokenizer": tok_src},
