@@ -156,9 +156,14 @@ def embedded_banner(manager: ModelManager) -> str:
     embedded = {e.name for e in CATALOGUE if e.embedded}
     if not names or not set(names) <= embedded:
         return ""
+    classes = sorted({manager.generator(n).num_classes for n in manager.names("generator")})
+    words = f"; the generators know {', '.join(map(str, classes))} word classes" if classes else ""
     return ("ℹ️ **These are the small embedded models** (" + ", ".join(f"`{n}`" for n in names)
-            + "): trained here on *textscenes* (synthetic 128 px text scenes, 12 classes) so that "
-            "the app works offline in seconds — not the papers' ImageNet models. To explore the "
+            + "): about 4M parameters each, 128 px, trained here on *textscenes v2* (synthetic text "
+            "scenes: open-vocabulary words in ~250 fonts over photographs and textures" + words
+            + ") so that the app works offline in seconds. Limits: small or unusual text is often "
+            "illegible after reconstruction and generated words rarely read; they are not the "
+            "papers' ImageNet models (see each model card in `checkpoints/`). To explore the "
             "official SoftVQ-VAE / TiTok releases, pick one under **Models** below and press "
             "**Load** (downloads from the Hugging Face Hub: needs the network), or start the app "
             "with `--tokenizer NAME`.")
