@@ -127,11 +127,8 @@ def test_cache_expiry_survives_concurrent_additions(tmp_path):
     import time as _time
     from types import SimpleNamespace
 
-    from gradio import route_utils
+    from softvq_demo.ui.guard import expire_named_files
 
-    from softvq_demo.ui.common import robust_cache_expiry
-
-    robust_cache_expiry()
     old, fresh, kept = (tmp_path / n for n in ("old.webp", "fresh.webp", "kept.webp"))
     for f in (old, kept):
         f.write_bytes(b"x")
@@ -149,6 +146,42 @@ def test_cache_expiry_survives_concurrent_additions(tmp_path):
     temp_set = GrowingSet({str(old), str(fresh), str(kept), str(tmp_path / "gone.webp")})
     blocks = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(kept)})},
                              temp_file_sets=[temp_set])
-    route_utils.delete_files_created_by_app(blocks, age=1)
+    expire_named_files(blocks, age=1)
     assert not old.exists() and fresh.exists() and kept.exists()
     assert str(old) not in temp_set and str(fresh) in temp_set
+
+
+def test_cache_expiry_keeps_a_file_named_again(tmp_path):
+    """The same bytes uploaded again get the same path: an old file named again within the TTL
+    stays (it was deleted between upload and request: 'file not found' under load), and its
+    record too; one not named again goes. The wider sweep keeps it as well."""
+    import time as _time
+    from types import SimpleNamespace
+
+    from softvq_demo.ui.guard import RecordedSet, expire_named_files, record_cache_names, sweep_cache
+
+    folders = [tmp_path / (c * 64) for c in "ab"]
+    again, unnamed = (f / "upload.png" for f in folders)
+    old = _time.time() - 3600
+    for f in (again, unnamed):
+        f.parent.mkdir()
+        f.write_bytes(b"x")
+        os.utime(f, (old, old))
+    uploads = {str(again), str(unnamed)}
+    comp = SimpleNamespace(temp_files={str(again)}, keep_in_cache=set())
+    blocks = SimpleNamespace(blocks={0: comp}, upload_file_set=uploads,
+                             temp_file_sets=[uploads, comp.temp_files])
+    record_cache_names(blocks)
+    assert isinstance(blocks.upload_file_set, RecordedSet)
+    assert blocks.temp_file_sets == [blocks.upload_file_set, comp.temp_files]
+    assert blocks.temp_file_sets[0] is blocks.upload_file_set and blocks.temp_file_sets[1] is comp.temp_files
+    for s in blocks.temp_file_sets:      # recorded long ago, as at start-up an hour back
+        s.named_at = {p: old for p in s}
+    blocks.upload_file_set.update([str(again)])          # the re-upload, just now
+    expire_named_files(blocks, age=600)
+    assert again.exists() and not unnamed.exists()
+    assert str(again) in blocks.upload_file_set and str(unnamed) not in blocks.upload_file_set
+    blocks.upload_file_set.discard(str(again))           # the record lost, the naming is known
+    assert sweep_cache(blocks, 600, str(tmp_path)) == 0 and again.exists()
+    expire_named_files(blocks, age=None)                 # shutdown: everything named goes
+    assert not again.exists()

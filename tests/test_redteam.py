@@ -609,6 +609,8 @@ def test_patched_gradio_is_in_the_tested_range():
     assert getattr(routes.App.create_app, "_softvq_limits", False)
     assert getattr(route_utils.delete_files_created_by_app, "_softvq_sweeps", False)
     assert getattr(demo, "_softvq_inputs_guarded", False)
+    assert all(isinstance(s, guard.RecordedSet) for s in demo.temp_file_sets)
+    assert demo.upload_file_set is demo.temp_file_sets[0]
     assert demo.launch_kwargs["max_file_size"] == guard.MAX_FILE_BYTES
 
 

@@ -9,7 +9,7 @@ import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
 from .common import (ON_SPACES, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
-                     list_examples, robust_cache_expiry)
+                     list_examples)
 from ..catalogue import CATALOGUE, embedded_available, find_entry
 from ..loading import CheckpointError
 from .guard import install as install_guard, launch_settings as guard_launch_settings, scrub_paths
@@ -136,7 +136,6 @@ def build_app(tokenizers: Sequence[str] = (), generators: Sequence[str] = (),
     guard_numbers(demo)
     guard_files(demo)
     atomic_image_cache()
-    robust_cache_expiry()
     install_guard(demo)   # the request boundary: inputs, messages, limits, cancellation (ui.guard)
     warm_up_umap()
     warm_up_generate(manager)

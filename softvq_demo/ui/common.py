@@ -150,48 +150,6 @@ def guard_numbers(blocks: gr.Blocks) -> int:
     return count
 
 
-def robust_cache_expiry() -> None:
-    """Keep gradio's ``delete_cache`` schedule alive under concurrent traffic.
-
-    gradio's ``delete_files_created_by_app`` iterates the live per-component file sets that
-    request threads add to; one "Set changed size during iteration" ends its schedule task for
-    good, and the cache then only grows (seen on a CI run: 342 files, none deleted). This version
-    walks snapshots and never raises."""
-    import os
-    import time
-
-    from gradio import route_utils
-
-    if getattr(route_utils.delete_files_created_by_app, "_softvq_safe", False):
-        return
-
-    def delete_files_created_by_app(blocks, age: Optional[int]) -> None:
-        try:
-            keep: set = set()
-            for component in list(blocks.blocks.values()):
-                keep.update(getattr(component, "keep_in_cache", set()))
-            now = time.time()
-            for temp_set in list(blocks.temp_file_sets):
-                removed = set()
-                for file in list(temp_set):
-                    if file in keep:
-                        continue
-                    try:
-                        if age is None or now - Path(file).lstat().st_ctime > age:
-                            os.remove(file)
-                            removed.add(file)
-                    except FileNotFoundError:
-                        removed.add(file)
-                    except OSError as err:
-                        log.debug("cache expiry: %s: %s", file, err)
-                temp_set.difference_update(removed)
-        except Exception as err:  # the schedule must survive whatever happens in one sweep
-            log.warning("cache expiry sweep failed (will retry): %s", err)
-
-    delete_files_created_by_app._softvq_safe = True  # type: ignore[attr-defined]
-    route_utils.delete_files_created_by_app = delete_files_created_by_app
-
-
 def atomic_image_cache() -> None:
     """Make gradio write result images into its cache atomically.
 

@@ -12,8 +12,9 @@ Everything a browser or a script sends passes here before gradio or a handler se
   ``softvq_demo.cancel.raise_if_cancelled()`` and stop within a step.
 - ``install_http_limits()``: request bodies are bounded (JSON and uploads), unknown endpoints and bad
   function indices answer 4xx instead of 500 (an ASGI middleware on gradio's app).
-- ``install_cache_sweep()``: files of gradio's cache that no live set names (decoded ``data:``
-  files, stray temp files) and empty hash folders are deleted on the same schedule as the rest.
+- ``install_cache_sweep()``, ``record_cache_names()``: gradio's cache expiry walks snapshots, keeps
+  a file named again within the TTL (a re-upload of the same bytes has the same path), and also
+  deletes files no live set names (decoded ``data:`` files, stray temp files) and empty folders.
 - ``tune_allocator()``: large buffers go back to the OS when freed (glibc).
 
 Patches gradio internals: tested with the gradio range in ``GRADIO_TESTED`` (requirements.txt pins
@@ -21,6 +22,7 @@ it); ``check_gradio()`` logs a warning outside it, and tests/test_redteam.py re-
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -291,6 +293,26 @@ def _session_copy(block, state):
     return block
 
 
+def _file_paths(fields) -> list[str]:
+    paths = []
+    for block, value in fields:
+        if isinstance(block, (gr.Image, gr.File)) and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                paths.append(item["path"])
+    return paths
+
+
+async def _pending_moves(fields, wait_s: float = 2.0) -> None:
+    """gradio answers an upload with its path, then moves the file there in a background task: a
+    request sent at once can arrive first. Wait (without blocking the server) until the files are
+    in place, at most ``wait_s``; a file still missing then fails in gradio's own read."""
+    missing = [p for p in _file_paths(fields) if not os.path.exists(p)]
+    deadline = time.monotonic() + wait_s
+    while missing and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        missing = [p for p in missing if not os.path.exists(p)]
+
+
 def guard_inputs(demo: gr.Blocks) -> FilePolicy:
     """Check every event's inputs before gradio processes them (see module doc)."""
     policy = FilePolicy(demo)
@@ -317,6 +339,7 @@ def guard_inputs(demo: gr.Blocks) -> FilePolicy:
         # upload must not hide a bad number in another field)
         for block, value in sorted(fields, key=lambda bv: isinstance(bv[0], (gr.Image, gr.File))):
             check_value(block, value, policy)
+        await _pending_moves(fields)
         try:
             return await original(block_fn, inputs, state, explicit_call)
         except Exception as err:  # gradio's own validation: a user's mistake, answered quietly
@@ -521,6 +544,115 @@ def launch_settings() -> dict:
 
 
 # --------------------------------------------------------------------------- cache
+# gradio names a cached file by the hash of its bytes, so the same upload (or result) again gets
+# the same path. Its expiry judged that path by the file's age alone: a re-upload of bytes whose
+# old copy had just expired was deleted between its upload and its request ("file not found", 1
+# request in 128 under load). Here every live set records when each path was last named, and a file
+# goes only when both it and its last naming are older than the TTL; the check and the removal
+# hold one lock that the naming takes too.
+CACHE_LOCK = threading.RLock()
+
+
+class RecordedSet(set):
+    """A set of cache paths that remembers when each was last added (gradio's temp-file sets)."""
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        now = time.time()
+        self.named_at = {p: now for p in self}
+
+    def add(self, item) -> None:
+        with CACHE_LOCK:
+            super().add(item)
+            self.named_at[item] = time.time()
+
+    def update(self, *others) -> None:
+        with CACHE_LOCK:
+            now = time.time()
+            for other in others:
+                for item in list(other):
+                    super().add(item)
+                    self.named_at[item] = now
+
+    def forget(self, items, named_before: float) -> None:
+        """Drop these paths unless one was named again at or after ``named_before``."""
+        with CACHE_LOCK:
+            for item in items:
+                if self.named_at.get(item, 0.0) < named_before:
+                    self.discard(item)
+                    self.named_at.pop(item, None)
+
+
+def record_cache_names(blocks: gr.Blocks) -> None:
+    """Swap every temp-file set of the app (uploads, each component's results) for a RecordedSet,
+    keeping each set's identity across ``temp_file_sets`` and its owner."""
+    swapped: dict[int, RecordedSet] = {}
+
+    def recorded(old):
+        if isinstance(old, RecordedSet):
+            return old
+        if id(old) not in swapped:
+            swapped[id(old)] = RecordedSet(old)
+        return swapped[id(old)]
+
+    with CACHE_LOCK:
+        if isinstance(getattr(blocks, "upload_file_set", None), set):
+            blocks.upload_file_set = recorded(blocks.upload_file_set)
+        for comp in list(blocks.blocks.values()):
+            if isinstance(getattr(comp, "temp_files", None), set):
+                comp.temp_files = recorded(comp.temp_files)
+        blocks.temp_file_sets = [recorded(s) for s in blocks.temp_file_sets]
+
+
+def _last_named(blocks, path: str) -> float:
+    return max((getattr(s, "named_at", {}).get(path, 0.0) for s in list(blocks.temp_file_sets)),
+               default=0.0)
+
+
+def _remove_if_expired(blocks, path: str, age: float, now: float) -> bool:
+    """Delete ``path`` if its file and its last naming are both older than ``age`` s. True when
+    the file is gone (deleted now, or missing already)."""
+    with CACHE_LOCK:
+        try:
+            changed = Path(path).lstat()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        # mtime: when the bytes were written (an upload's temp file, a result's atomic replace)
+        if now - max(changed.st_mtime, _last_named(blocks, path)) <= age:
+            return False
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.debug("cache expiry: %s: %s", os.path.basename(path), err)
+            return False
+        return True
+
+
+def expire_named_files(blocks, age: Optional[int]) -> None:
+    """gradio's expiry of the files its sets name, made safe: it walks snapshots (gradio's own
+    walked the live sets that request threads add to; one "Set changed size during iteration"
+    ended its schedule for good and the cache only grew), keeps ``keep_in_cache`` files and
+    anything named within ``age`` s, and never raises. ``age=None`` (shutdown) deletes all."""
+    try:
+        keep: set = set()
+        for component in list(blocks.blocks.values()):
+            keep.update(getattr(component, "keep_in_cache", set()))
+        started = time.time()
+        for temp_set in list(blocks.temp_file_sets):
+            gone = [f for f in list(temp_set) if f not in keep and
+                    _remove_if_expired(blocks, f, -1.0 if age is None else age, started)]
+            if isinstance(temp_set, RecordedSet):
+                temp_set.forget(gone, named_before=started)
+            else:
+                temp_set.difference_update(gone)
+    except Exception as err:  # the schedule must survive whatever happens in one sweep
+        log.warning("cache expiry failed (will retry): %s", err)
+
+
 def sweep_cache(blocks: gr.Blocks, age: Optional[float], cache_dir: Optional[str] = None) -> int:
     """Delete cache files older than ``age`` s that no live set of gradio names (decoded data: URLs,
     stray temp files, files of a set already expired) and hash folders left empty. Returns the
@@ -548,16 +680,16 @@ def sweep_cache(blocks: gr.Blocks, age: Optional[float], cache_dir: Optional[str
             for f in list(folder.rglob("*")):
                 try:
                     if f.is_file() and os.path.realpath(f) not in live and \
-                            now - f.lstat().st_mtime > age:
-                        f.unlink()
+                            f.exists() and _remove_if_expired(blocks, str(f), age, now):
                         removed += 1
                 except OSError:
                     continue
             try:
                 # an upload is recorded before a background task moves it into its (existing)
                 # folder: never remove a folder a recorded path points into, looked up just now
-                if folder_old and not any(folder.iterdir()) and not _named_in(blocks, folder):
-                    folder.rmdir()
+                with CACHE_LOCK:
+                    if folder_old and not any(folder.iterdir()) and not _named_in(blocks, folder):
+                        folder.rmdir()
             except OSError:
                 continue
     except Exception as err:  # the schedule must survive whatever happens in one sweep
@@ -574,20 +706,16 @@ def _named_in(blocks, folder: Path) -> bool:
 
 
 def install_cache_sweep() -> None:
-    """Run ``sweep_cache`` after gradio's own expiry, on its schedule (``delete_cache``)."""
+    """gradio's cache schedule (``delete_cache``) runs ``expire_named_files`` then ``sweep_cache``."""
     from gradio import route_utils
 
-    current = route_utils.delete_files_created_by_app
-    if getattr(current, "_softvq_sweeps", False):
+    if getattr(route_utils.delete_files_created_by_app, "_softvq_sweeps", False):
         return
 
     def delete_files_created_by_app(blocks, age):
-        current(blocks, age)
+        expire_named_files(blocks, age)
         sweep_cache(blocks, age)
 
-    for flag in ("_softvq_safe",):
-        if getattr(current, flag, False):
-            setattr(delete_files_created_by_app, flag, True)
     delete_files_created_by_app._softvq_sweeps = True  # type: ignore[attr-defined]
     route_utils.delete_files_created_by_app = delete_files_created_by_app
 
@@ -622,5 +750,6 @@ def install(demo: gr.Blocks) -> None:
     install_cancellation()
     install_http_limits(demo)
     install_cache_sweep()
+    record_cache_names(demo)
     tune_allocator()
     guard_inputs(demo)
