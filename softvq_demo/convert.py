@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from safetensors.torch import save_file
+
+from .weights import (CheckpointError, build_on_meta, check_keys, expected_tensors, read_header,
+                      resolve_references)
+
 RELEASES_DIR = Path(__file__).resolve().parent / "releases"
 PICKLE_FILE = "pytorch_model.bin"
 # Written by old transformers versions into BERT state dicts; current ones do not keep it.
@@ -127,7 +132,6 @@ def read_manifest(path: PathLike) -> dict[str, Any]:
 
 def read_config_file(path: PathLike) -> dict[str, Any]:
     """A config.json, or the official OmegaConf YAML (read with yaml.safe_load)."""
-    from .loading import resolve_references
 
     path = Path(path)
     text = path.read_text()
@@ -170,7 +174,6 @@ def config_kind(config: dict[str, Any]) -> str:
 
 def model_tensors(config: dict[str, Any], kind: str) -> dict[str, tuple[int, ...]]:
     """Inference tensors of the model our code builds from ``config`` (meta device, no memory)."""
-    from .loading import build_on_meta, expected_tensors
 
     return expected_tensors(build_on_meta(config, kind))
 
@@ -193,9 +196,7 @@ def convert(bin_path: PathLike, out: PathLike, *, manifest: Optional[PathLike] =
     from the model our code builds for it; either way the converted folder is then checked once
     more against our model so that ``load_tokenizer``/``load_generator`` accept it.
     """
-    from safetensors.torch import save_file
 
-    from .loading import CheckpointError, check_keys, read_header
 
     bin_path = Path(bin_path)
     expected = None
@@ -239,7 +240,6 @@ def convert(bin_path: PathLike, out: PathLike, *, manifest: Optional[PathLike] =
             f"{ours['converted_from']['sha256']}) by `python -m softvq_demo convert`: the tensors "
             "unchanged, read with torch.load(weights_only=True), written as safetensors.\n")
         try:  # the folder must load as it is
-            from .loading import build_on_meta
             check_keys(build_on_meta(ours, kind), read_header(tmp / "model.safetensors"), out.name)
         except CheckpointError as err:
             raise ConversionError(str(err)) from err
@@ -273,7 +273,6 @@ def is_converted(release: Release, cache_dir: Optional[PathLike] = None) -> bool
 def download_release(release: Release, *, cache_dir: Optional[PathLike] = None,
                      progress: bool = True) -> Path:
     """The release's pickle, fetched into the Hub cache (not opened here)."""
-    from .loading import CheckpointError
 
     try:
         import huggingface_hub
@@ -291,7 +290,6 @@ def ensure_converted(release: Release, *, cache_dir: Optional[PathLike] = None, 
                      timeout: float = 3600) -> Path:
     """The converted folder of a Hub release: from the cache, or downloaded and converted once by
     ``python -m softvq_demo convert`` in a child process (this process never unpickles)."""
-    from .loading import CheckpointError
 
     target = converted_folder(release, cache_dir)
     if is_converted(release, cache_dir):

@@ -127,7 +127,7 @@ def test_cache_expiry_survives_concurrent_additions(tmp_path):
     import time as _time
     from types import SimpleNamespace
 
-    from softvq_demo.ui.guard import expire_named_files
+    from softvq_demo.ui.cache import expire_named_files
 
     old, fresh, kept = (tmp_path / n for n in ("old.webp", "fresh.webp", "kept.webp"))
     for f in (old, kept):
@@ -158,7 +158,7 @@ def test_cache_expiry_keeps_a_file_named_again(tmp_path):
     import time as _time
     from types import SimpleNamespace
 
-    from softvq_demo.ui.guard import RecordedSet, expire_named_files, record_cache_names, sweep_cache
+    from softvq_demo.ui.cache import RecordedSet, expire_named_files, record_cache_names, sweep_cache
 
     folders = [tmp_path / (c * 64) for c in "ab"]
     again, unnamed = (f / "upload.png" for f in folders)

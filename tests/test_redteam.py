@@ -567,7 +567,7 @@ def test_cache_sweep_removes_unlisted_files_and_empty_folders(tmp_path):
     empty hash folders are deleted once older than the TTL; listed and kept files stay."""
     from types import SimpleNamespace
 
-    from softvq_demo.ui.guard import sweep_cache
+    from softvq_demo.ui.cache import sweep_cache
 
     def file(folder: str, name: str, age: float) -> Path:
         p = tmp_path / folder / name
@@ -597,7 +597,7 @@ def test_patched_gradio_is_in_the_tested_range():
     import gradio as gr
     from gradio import queueing, route_utils, routes, utils
 
-    from softvq_demo.ui import build_app, guard
+    from softvq_demo.ui import build_app, cache, guard
 
     assert guard.check_gradio(), gr.__version__
     req = (ROOT / "requirements.txt").read_text()
@@ -609,7 +609,7 @@ def test_patched_gradio_is_in_the_tested_range():
     assert getattr(routes.App.create_app, "_softvq_limits", False)
     assert getattr(route_utils.delete_files_created_by_app, "_softvq_sweeps", False)
     assert getattr(demo, "_softvq_inputs_guarded", False)
-    assert all(isinstance(s, guard.RecordedSet) for s in demo.temp_file_sets)
+    assert all(isinstance(s, cache.RecordedSet) for s in demo.temp_file_sets)
     assert demo.upload_file_set is demo.temp_file_sets[0]
     assert demo.launch_kwargs["max_file_size"] == guard.MAX_FILE_BYTES
 

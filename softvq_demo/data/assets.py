@@ -26,6 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+# The font packages whose fonts only textscenes v2's held-out split uses (the bank marks them).
+RESERVED_FONT_PACKAGES: tuple[str, ...] = ("fonts-urw-base35", "fonts-ebgaramond", "fonts-comic-neue",
+                                           "fonts-cantarell")
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".carry" / "textscenes"
 ENV_VAR = "SOFTVQ_TEXTSCENES_ASSETS"
@@ -179,8 +183,6 @@ def build(debs: Path, out: Path, reserved: tuple[str, ...] = ()) -> dict:
 
 
 def main(argv=None) -> int:
-    from .textscenes2 import RESERVED_FONT_PACKAGES
-
     p = argparse.ArgumentParser(prog="python -m softvq_demo.data.assets", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the asset folder from downloaded .deb files")

@@ -47,6 +47,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from . import assets
+from .assets import RESERVED_FONT_PACKAGES
 from . import textscenes as v1
 
 BASE_SIZE = 128
@@ -55,8 +56,6 @@ CLASS_MIN_CAP = 12.0             # px at 128 px (class mode: the word must be re
 MAX_ANGLE = 12.0
 MAX_CHARS = 16                   # per line
 MASK_ALPHA = 0.05                # coverage from which a pixel belongs to the text mask
-RESERVED_FONT_PACKAGES: tuple[str, ...] = ("fonts-urw-base35", "fonts-ebgaramond", "fonts-comic-neue",
-                                           "fonts-cantarell")
 # Photographs seen only by the held-out split and photo_crops (source:name).
 HELDOUT_PHOTOS: tuple[str, ...] = ("mate-backgrounds:LadyBird", "mate-backgrounds:Storm",
                                    "plasma-workspace-wallpapers:EveningGlow", "plasma-workspace-wallpapers:Path",

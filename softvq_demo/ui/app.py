@@ -8,8 +8,8 @@ import gradio as gr
 import torch
 
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
-from .common import (ON_SPACES, Ctx, atomic_image_cache, guard_files, guard_numbers, handler,
-                     list_examples)
+from .cache import atomic_image_cache
+from .common import ON_SPACES, Ctx, guard_files, guard_numbers, handler, list_examples
 from ..catalogue import CATALOGUE, embedded_available, find_entry
 from ..loading import CheckpointError
 from .guard import install as install_guard, launch_settings as guard_launch_settings, scrub_paths

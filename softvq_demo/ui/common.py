@@ -150,46 +150,6 @@ def guard_numbers(blocks: gr.Blocks) -> int:
     return count
 
 
-def atomic_image_cache() -> None:
-    """Make gradio write result images into its cache atomically.
-
-    gradio names a result image by the hash of its bytes and rewrites that file in place
-    (``write_bytes``) on every request that returns the same image. Two users getting the same
-    picture at once (the same example, the same seed) then race: one can be served the file while
-    the other has just truncated it — an empty image, seen in the 16-client load test. Here the
-    bytes go to a temporary file renamed over the target, which also refreshes its age for
-    ``delete_cache`` (gradio's own ``save_file_to_cache`` does the same for files)."""
-    import os
-    import tempfile
-
-    from gradio import processing_utils as pu
-
-    if getattr(pu.save_pil_to_cache, "_softvq_atomic", False):
-        return
-
-    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        # gr.Image's default webp is PIL's lossy quality 80: reconstructions and error maps would
-        # carry compression artefacts of up to ~8/255. Researchers compare pixels: PNG, lossless.
-        if format.lower() == "webp":
-            format = "png"
-        data = pu.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / pu.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        target = (folder / f"{name}.{format}").resolve()
-        fd, part = tempfile.mkstemp(dir=folder, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(part, target)
-        finally:
-            if os.path.exists(part):
-                os.remove(part)
-        return str(target)
-
-    save_pil_to_cache._softvq_atomic = True  # type: ignore[attr-defined]
-    pu.save_pil_to_cache = save_pil_to_cache
-
-
 def guard_files(blocks: gr.Blocks) -> int:
     """File upload boxes pass their paths without gradio 6's stray temp file.
 

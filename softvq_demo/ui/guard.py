@@ -34,6 +34,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
+import torch
+from gradio import helpers, queueing, routes, utils
+from gradio import processing_utils as pu
+from gradio.context import LocalContext
+from gradio.exceptions import Error, InvalidPathError
+from gradio.utils import get_upload_folder
+from pydantic import ValidationError
+
+from .. import cancel
+from .cache import install_cache_sweep, record_cache_names
+from .inputs import InputError, check_number, short, tune_allocator
 
 log = logging.getLogger("softvq_demo.ui")
 
@@ -87,14 +98,12 @@ def clean_message(text: Any, limit: int = MAX_MESSAGE) -> str:
 
 def _public_error(error: BaseException) -> str:
     """What a client is told about an exception that reached gradio's error reply."""
-    from gradio.exceptions import Error, InvalidPathError
 
     if isinstance(error, InvalidPathError):
         return "file refused: it was not uploaded by a user of this server"
     if isinstance(error, Error):
         return clean_message(error.message)
     try:
-        from pydantic import ValidationError
         if isinstance(error, ValidationError):
             return "a value has the wrong form for its field"
     except ImportError:  # pragma: no cover
@@ -104,7 +113,6 @@ def _public_error(error: BaseException) -> str:
 
 def install_error_messages() -> None:
     """Every error payload gradio sends (queue and direct calls) carries a clean message."""
-    from gradio import queueing, utils
 
     if getattr(utils.error_payload, "_softvq_clean", False):
         return
@@ -189,8 +197,6 @@ class FilePolicy:
         its bytes): gradio names every upload and every cached result so, and nobody without the
         seed can. Covers files gradio's record has dropped (its expiry sweep removes a path it
         finds missing, which happens while an upload is still being moved into place)."""
-        from gradio import processing_utils as pu
-        from gradio.utils import get_upload_folder
 
         root = os.path.realpath(get_upload_folder())
         if not real.startswith(root + os.sep):
@@ -267,7 +273,6 @@ def check_value(block, value, policy: FilePolicy) -> None:
                                   or not 0 <= value < n):
             _refuse(block, f"example index must be a whole number in 0..{max(n - 1, 0)}")
     elif isinstance(block, (gr.Number, gr.Slider)):
-        from .inputs import InputError, check_number
         try:
             check_number(value, field_name(block), allow_none=isinstance(block, gr.Number))
         except InputError as err:
@@ -275,7 +280,6 @@ def check_value(block, value, policy: FilePolicy) -> None:
         lo, hi = getattr(block, "minimum", None), getattr(block, "maximum", None)
         if value is not None and ((lo is not None and float(value) < lo) or
                                   (hi is not None and float(value) > hi)):
-            from .inputs import short
             _refuse(block, f"{short(value)} is out of range: choose "
                            f"{short(lo) if lo is not None else '−∞'}..{short(hi) if hi is not None else '∞'}")
     elif isinstance(block, gr.Checkbox):
@@ -361,7 +365,6 @@ CANCEL_MEMORY_S = 3600
 def _current_event_cancelled() -> bool:
     if not _cancelled:
         return False
-    from gradio.context import LocalContext
 
     event_id = LocalContext.event_id.get(None)
     return event_id is not None and event_id in _cancelled
@@ -381,14 +384,11 @@ def install_cancellation() -> None:
     """A client's cancel (gradio's /cancel route) marks the events it stops; code running for them
     raises ``Cancelled`` at its next ``raise_if_cancelled()``, and so does its next progress
     update. Gradio itself only cancels the asyncio task: the worker thread ran on."""
-    from gradio import helpers, routes
 
-    from .. import cancel
 
     cancel.register(_current_event_cancelled)
     if getattr(routes.cancel_tasks, "_softvq_marks", False):
         return
-    import torch
 
     def check_before_forward(module, args):
         # every module's forward looks too: one sampler step of a large model takes seconds on
@@ -490,12 +490,15 @@ class RequestLimits:
                 more = message.get("more_body", False)
             body, replayed = b"".join(parts), False
 
-            async def counted_receive():   # noqa: F811 - the buffered body, then the real stream
+            async def replayed_receive():   # the buffered body, then the real stream
                 nonlocal replayed
                 if not replayed:
                     replayed = True
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
+            app_receive = replayed_receive
+        else:
+            app_receive = counted_receive
 
         started = False
 
@@ -506,7 +509,7 @@ class RequestLimits:
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, tracked_send)
+            await self.app(scope, app_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
                 await self._reply(send, 413, f"request body too large (limit {limit / 1e6:.0f} MB)")
@@ -522,7 +525,6 @@ class RequestLimits:
 
 def install_http_limits(demo: gr.Blocks) -> None:
     """Add ``RequestLimits`` to the FastAPI app gradio creates at launch for ``demo``."""
-    from gradio import routes
 
     create = routes.App.create_app
     if getattr(create, "_softvq_limits", False):
@@ -541,206 +543,6 @@ def install_http_limits(demo: gr.Blocks) -> None:
 def launch_settings() -> dict:
     """Keyword arguments for ``demo.launch`` that bound uploads."""
     return {"max_file_size": MAX_FILE_BYTES}
-
-
-# --------------------------------------------------------------------------- cache
-# gradio names a cached file by the hash of its bytes, so the same upload (or result) again gets
-# the same path. Its expiry judged that path by the file's age alone: a re-upload of bytes whose
-# old copy had just expired was deleted between its upload and its request ("file not found", 1
-# request in 128 under load). Here every live set records when each path was last named, and a file
-# goes only when both it and its last naming are older than the TTL; the check and the removal
-# hold one lock that the naming takes too.
-CACHE_LOCK = threading.RLock()
-
-
-class RecordedSet(set):
-    """A set of cache paths that remembers when each was last added (gradio's temp-file sets)."""
-
-    def __init__(self, items=()):
-        super().__init__(items)
-        now = time.time()
-        self.named_at = {p: now for p in self}
-
-    def add(self, item) -> None:
-        with CACHE_LOCK:
-            super().add(item)
-            self.named_at[item] = time.time()
-
-    def update(self, *others) -> None:
-        with CACHE_LOCK:
-            now = time.time()
-            for other in others:
-                for item in list(other):
-                    super().add(item)
-                    self.named_at[item] = now
-
-    def forget(self, items, named_before: float) -> None:
-        """Drop these paths unless one was named again at or after ``named_before``."""
-        with CACHE_LOCK:
-            for item in items:
-                if self.named_at.get(item, 0.0) < named_before:
-                    self.discard(item)
-                    self.named_at.pop(item, None)
-
-
-def record_cache_names(blocks: gr.Blocks) -> None:
-    """Swap every temp-file set of the app (uploads, each component's results) for a RecordedSet,
-    keeping each set's identity across ``temp_file_sets`` and its owner."""
-    swapped: dict[int, RecordedSet] = {}
-
-    def recorded(old):
-        if isinstance(old, RecordedSet):
-            return old
-        if id(old) not in swapped:
-            swapped[id(old)] = RecordedSet(old)
-        return swapped[id(old)]
-
-    with CACHE_LOCK:
-        if isinstance(getattr(blocks, "upload_file_set", None), set):
-            blocks.upload_file_set = recorded(blocks.upload_file_set)
-        for comp in list(blocks.blocks.values()):
-            if isinstance(getattr(comp, "temp_files", None), set):
-                comp.temp_files = recorded(comp.temp_files)
-        blocks.temp_file_sets = [recorded(s) for s in blocks.temp_file_sets]
-
-
-def _last_named(blocks, path: str) -> float:
-    return max((getattr(s, "named_at", {}).get(path, 0.0) for s in list(blocks.temp_file_sets)),
-               default=0.0)
-
-
-def _remove_if_expired(blocks, path: str, age: float, now: float) -> bool:
-    """Delete ``path`` if its file and its last naming are both older than ``age`` s. True when
-    the file is gone (deleted now, or missing already)."""
-    with CACHE_LOCK:
-        try:
-            changed = Path(path).lstat()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        # mtime: when the bytes were written (an upload's temp file, a result's atomic replace)
-        if now - max(changed.st_mtime, _last_named(blocks, path)) <= age:
-            return False
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            log.debug("cache expiry: %s: %s", os.path.basename(path), err)
-            return False
-        return True
-
-
-def expire_named_files(blocks, age: Optional[int]) -> None:
-    """gradio's expiry of the files its sets name, made safe: it walks snapshots (gradio's own
-    walked the live sets that request threads add to; one "Set changed size during iteration"
-    ended its schedule for good and the cache only grew), keeps ``keep_in_cache`` files and
-    anything named within ``age`` s, and never raises. ``age=None`` (shutdown) deletes all."""
-    try:
-        keep: set = set()
-        for component in list(blocks.blocks.values()):
-            keep.update(getattr(component, "keep_in_cache", set()))
-        started = time.time()
-        for temp_set in list(blocks.temp_file_sets):
-            gone = [f for f in list(temp_set) if f not in keep and
-                    _remove_if_expired(blocks, f, -1.0 if age is None else age, started)]
-            if isinstance(temp_set, RecordedSet):
-                temp_set.forget(gone, named_before=started)
-            else:
-                temp_set.difference_update(gone)
-    except Exception as err:  # the schedule must survive whatever happens in one sweep
-        log.warning("cache expiry failed (will retry): %s", err)
-
-
-def sweep_cache(blocks: gr.Blocks, age: Optional[float], cache_dir: Optional[str] = None) -> int:
-    """Delete cache files older than ``age`` s that no live set of gradio names (decoded data: URLs,
-    stray temp files, files of a set already expired) and hash folders left empty. Returns the
-    number of files deleted; never raises."""
-    from gradio.utils import get_upload_folder
-
-    removed = 0
-    try:
-        root = Path(cache_dir or get_upload_folder())
-        if not root.is_dir() or age is None:
-            return 0
-        live: set = set()
-        for fileset in list(blocks.temp_file_sets):
-            live.update(os.path.realpath(f) for f in list(fileset))
-        for comp in list(blocks.blocks.values()):
-            live.update(os.path.realpath(f) for f in list(getattr(comp, "keep_in_cache", ())))
-        now = time.time()
-        for folder in list(root.iterdir()):
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            try:   # before deleting in it (that makes it new); a fresh folder may be in use
-                folder_old = now - folder.lstat().st_mtime > min(age, 60)
-            except OSError:
-                continue
-            for f in list(folder.rglob("*")):
-                try:
-                    if f.is_file() and os.path.realpath(f) not in live and \
-                            f.exists() and _remove_if_expired(blocks, str(f), age, now):
-                        removed += 1
-                except OSError:
-                    continue
-            try:
-                # an upload is recorded before a background task moves it into its (existing)
-                # folder: never remove a folder a recorded path points into, looked up just now
-                with CACHE_LOCK:
-                    if folder_old and not any(folder.iterdir()) and not _named_in(blocks, folder):
-                        folder.rmdir()
-            except OSError:
-                continue
-    except Exception as err:  # the schedule must survive whatever happens in one sweep
-        log.warning("cache sweep failed (will retry): %s", err)
-    return removed
-
-
-def _named_in(blocks, folder: Path) -> bool:
-    folder_text = os.path.abspath(folder) + os.sep
-    for fileset in list(blocks.temp_file_sets):
-        if any(os.path.abspath(f).startswith(folder_text) for f in list(fileset)):
-            return True
-    return False
-
-
-def install_cache_sweep() -> None:
-    """gradio's cache schedule (``delete_cache``) runs ``expire_named_files`` then ``sweep_cache``."""
-    from gradio import route_utils
-
-    if getattr(route_utils.delete_files_created_by_app, "_softvq_sweeps", False):
-        return
-
-    def delete_files_created_by_app(blocks, age):
-        expire_named_files(blocks, age)
-        sweep_cache(blocks, age)
-
-    delete_files_created_by_app._softvq_sweeps = True  # type: ignore[attr-defined]
-    route_utils.delete_files_created_by_app = delete_files_created_by_app
-
-
-# --------------------------------------------------------------------------- memory
-def tune_allocator() -> bool:
-    """glibc only: allocations over 4 MB are mmapped and go back to the OS when freed. glibc's
-    default threshold grows with every large free, after which decoded images come from the heap
-    and its arenas keep the memory (RSS stayed GBs above its start after a burst of big images)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
-        libc.mallopt(M_ARENA_MAX, 4)   # fewer per-thread arenas holding freed memory
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024))
-    except (OSError, AttributeError):
-        return False
-
-
-def release_to_os() -> None:
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def install(demo: gr.Blocks) -> None:

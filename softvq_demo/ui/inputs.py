@@ -6,6 +6,7 @@ before decoding, modes, EXIF rotation; to_model_input resizes/crops/pads and say
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import threading
@@ -119,8 +120,27 @@ class MemoryBudget:
                 self._cond.notify_all()
                 idle = self.used == 0
             if idle and nbytes > 16_000_000:   # a big image was freed: give its pages back
-                from .guard import release_to_os
                 release_to_os()
+
+
+def tune_allocator() -> bool:
+    """glibc only: allocations over 4 MB are mmapped and go back to the OS when freed. glibc's
+    default threshold grows with every large free, after which decoded images come from the heap
+    and its arenas keep the memory (RSS stayed GBs above its start after a burst of big images)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+        libc.mallopt(M_ARENA_MAX, 4)   # fewer per-thread arenas holding freed memory
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_to_os() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 IMAGE_MEMORY = MemoryBudget(total=int(float(os.environ.get("SOFTVQ_IMAGE_MEMORY_MB", 800)) * 1e6),
