@@ -15,6 +15,7 @@ import torch
 from ..device import autocast, module_device
 from ..models.base import Generator, Tokenizer
 from . import compile_cache, policy
+from . import flextok_fast  # noqa: F401  installs FlexTok.decode's fast-path hook
 from .flow import PATHS, network_evaluations, sample_flow
 from .settings import METHODS, SIT_DEFAULTS, defaults
 
