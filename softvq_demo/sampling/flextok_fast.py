@@ -13,8 +13,8 @@ momentum) stays float32. On the CPU it runs eagerly — in the model's dtype by 
 check the arithmetic), or with ``dtype=torch.bfloat16`` under CPU autocast (the tests bound the
 bf16 error).
 
-``FlexTok.decode`` reaches it through ``FlexTok.fast_decode_hook``, which this module installs at
-import (models import no sampler; ``softvq_demo.sampling`` imports this module): on CUDA the hook
+``FlexTok.decode`` reaches it through ``FlexTok.fast_decode_hook``, which ``install()`` sets
+(models import no sampler; ``softvq_demo.sampling`` calls it at import): on CUDA the hook
 asks ``sampling.policy`` whether the fast path pays for this (tokenizer, batch, steps, guided, APG)
 — warm already, a reference decode estimated above ``SOFTVQ_FAST_MIN_SECONDS``, or
 ``SOFTVQ_FAST=1`` — and otherwise leaves the decode on the reference sampler (warming the fast path
@@ -224,10 +224,8 @@ def _decode_hook(tok: FlexTok, batch: int, steps: int, guidance_scale: float, ap
 
 
 def install() -> None:
+    """Set ``FlexTok.fast_decode_hook`` (``softvq_demo.sampling`` does it at import)."""
     FlexTok.fast_decode_hook = staticmethod(_decode_hook)
-
-
-install()
 
 __all__ = ["FlexTokFast", "flextok_fast", "enable_fast_decode", "run_options", "row_flops",
            "decoder_sequence", "warm_up", "install"]
