@@ -157,8 +157,13 @@ class FlexTok(Tokenizer):
     family = "flextok"
     prefix_decodable = True
     stochastic_decode = True  # decode samples from noise: the app shows and varies its seed
-    # A faster stand-in for ``sample_latents`` (sampling.flextok_fast.enable_fast_decode); None: off.
+    # A faster stand-in for ``sample_latents`` on this tokenizer, always used
+    # (sampling.flextok_fast.enable_fast_decode); None: ask ``fast_decode_hook``.
     fast_sampler = None
+    # hook(tok, batch, steps, guidance_scale, apg) -> a ``sample_latents`` stand-in, or None for
+    # the reference sampler. Installed by sampling.flextok_fast (the models import no sampler):
+    # on CUDA it picks the fast path where sampling.policy says it pays.
+    fast_decode_hook: Optional[Callable[..., Optional[Callable[..., torch.Tensor]]]] = None
     # config.json's module order is execution order: save it unsorted (loading.save_pretrained).
     config_order_matters = True
 
@@ -354,7 +359,8 @@ class FlexTok(Tokenizer):
         Sampler settings left as None come from ``decode_options`` if one is in effect, else the
         release's (20 steps, guidance 7.5 with APG). ``guidance_scale=1`` runs no guidance pass.
         ``noise`` (B×C×h×w) is the initial VAE-latent noise; without it the noise is drawn from
-        ``seed`` (default 0; see ``noise_from_seed``). What was used is in ``self.last_decode``."""
+        ``seed`` (default 0; see ``noise_from_seed``). What was used is in ``self.last_decode``
+        (``fast``: whether the steps ran on the fast sampler, ``fast_decode_hook``)."""
         values = self.token_values(latents)
         b = values.shape[0]
         opts = decode_settings()
@@ -371,10 +377,15 @@ class FlexTok(Tokenizer):
             seed = None
             if tuple(noise.shape) != (b, *shape):
                 raise ValueError(f"noise must be {b}×{'×'.join(map(str, shape))}, got {tuple(noise.shape)}")
+        sampler = None
+        if self.fast_sampler is not None:
+            sampler = self.fast_sampler.sample_latents
+        elif FlexTok.fast_decode_hook is not None:
+            sampler = FlexTok.fast_decode_hook(self, b, steps, scale, apg)
         self.last_decode = {"seed": seed, "steps": steps, "guidance_scale": scale,
-                            "apg": apg and scale != 1, "tokens": values.shape[1]}
-        sampler = self.sample_latents if self.fast_sampler is None else self.fast_sampler.sample_latents
-        x = sampler(values, noise.to(values.device), steps, scale, apg)
+                            "apg": apg and scale != 1, "tokens": values.shape[1],
+                            "fast": sampler is not None}
+        x = (sampler or self.sample_latents)(values, noise.to(values.device), steps, scale, apg)
         return self.vae_decode(x)
 
 

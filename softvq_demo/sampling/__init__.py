@@ -15,10 +15,12 @@ import torch
 from ..device import autocast, module_device
 from ..models.base import Generator, Tokenizer
 from . import compile_cache, policy
+from . import flextok_fast
 from .flow import PATHS, network_evaluations, sample_flow
 from .settings import METHODS, SIT_DEFAULTS, defaults
 
 compile_cache.configure()  # before any torch.compile: kernels persist across processes
+flextok_fast.install()  # FlexTok.decode's fast-path hook (the models import no sampler)
 
 Labels = Union[torch.Tensor, Sequence[int], int]
 Seed = Union[int, torch.Generator, None]

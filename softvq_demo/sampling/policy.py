@@ -22,6 +22,10 @@ tracing, not the code generation.
 The estimate's constants are rough (``REF_TFLOPS``, ``REF_STEP_FLOOR_S``, from the H100/H200
 figures in docs/benchmarks.md); ``python -m softvq_demo.bench.oneshot`` prints the estimate next
 to the measured times so that they can be checked on the machine at hand.
+
+FlexTok's decode follows the same rule, its tokenizer standing in for the generator (the hook in
+``flextok_fast``; options steps / guided / apg, the estimate from its flow decoder's FLOPs);
+``python -m softvq_demo.bench.flextok`` prints its estimate beside the measured times.
 """
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ def run_key(generator, batch: int, options: dict) -> Hashable:
 
 def row_evaluations(generator, batch: int, options: dict) -> int:
     """Batch rows × network evaluations of one sampling run (a guided evaluation counts twice)."""
+    if generator.family == "flextok":  # a decode: options from flextok_fast.run_options
+        return batch * int(options["steps"]) * (2 if options.get("guided") else 1)
     if generator.family == "sit":
         from .flow import network_evaluations
         from . import sit_defaults
@@ -82,8 +88,13 @@ def row_evaluations(generator, batch: int, options: dict) -> int:
 def reference_seconds(generator, batch: int, options: dict) -> float:
     """Rough time of the reference sampler for one run on a GPU (matmul FLOPs / REF_TFLOPS, at
     least REF_STEP_FLOOR_S per evaluation)."""
-    params = sum(p.numel() for p in generator.parameters())
-    flops_row = 2.0 * params * int(generator.num_tokens)
+    if generator.family == "flextok":  # a tokenizer's flow decoder (flextok_fast.row_flops)
+        from .flextok_fast import row_flops
+
+        flops_row = row_flops(generator)
+    else:
+        params = sum(p.numel() for p in generator.parameters())
+        flops_row = 2.0 * params * int(generator.num_tokens)
     rows = row_evaluations(generator, batch, options)
     evals = rows / max(batch, 1)
     return max(rows * flops_row / (REF_TFLOPS * 1e12), evals * REF_STEP_FLOOR_S)
@@ -134,6 +145,12 @@ def warm_up(generator, tokenizer=None, batch: int = 1, options: Optional[dict] =
 
     options = dict(options or {})
     key = run_key(generator, batch, options)
+    if generator.family == "flextok":  # a FlexTok decode (its tokenizer is the "generator")
+        from .flextok_fast import warm_up as flextok_warm_up
+
+        flextok_warm_up(generator, batch, options)
+        mark_warm(generator, key)
+        return
     labels = [i % generator.num_classes for i in range(batch)]
     with torch.no_grad():
         if tokenizer is not None:
