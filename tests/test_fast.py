@@ -274,3 +274,85 @@ def test_titok_float16_copy_tracks_float32(reference):
         with torch.autocast("cpu", dtype=torch.float16):
             out = copy.decode(ids)
     assert rel(out.float(), ref) < 1e-2
+
+
+@pytest.mark.parametrize("res_dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_block_equals_the_unfused_block(tiny_sit, res_dtype):
+    """The block with its two residual + LayerNorm passes through ``kernels.residual_norm_op``
+    (on the CPU its PyTorch reference, which defines the Triton kernel's contract: the gate,
+    shift and scale offsets inside the block's modulation) computes what the unfused block does,
+    for a float32 and a bf16-stored residual stream."""
+    f = fast.sit_fast(tiny_sit)
+    g = torch.Generator().manual_seed(0)
+    r, n, hidden = 3, 8, f.hidden
+    h = torch.randn(r, n, hidden, generator=g).to(res_dtype)
+    a = torch.randn(r, n, hidden, generator=g)
+    mod = torch.randn(r, 6 * hidden, generator=g)
+    mod_next = torch.randn(r, 2 * hidden, generator=g)
+    plain = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, False)
+    fused = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, True)
+    assert plain[0].dtype == fused[0].dtype == res_dtype
+    for x, y in zip(plain, fused):
+        assert rel(x, y) < 1e-6
+
+
+def test_bf16_residual_stream_within_tolerance(tiny_sit, monkeypatch):
+    """SOFTVQ_RESIDUAL=bf16 stores the residual stream in bf16 (adds and LayerNorms stay float32):
+    a different result from the float32 stream, still within the bf16 tolerance of the reference."""
+    noise = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([3, 8])
+    opts = dict(steps=10, method="sde", cfg_scale=1.75, guidance_low=0.0, guidance_high=0.7, null_class=10)
+    ref = sample_flow(tiny_sit, noise, y, rng=torch.Generator().manual_seed(4), **opts)
+    fast.release(tiny_sit)
+    monkeypatch.setenv("SOFTVQ_RESIDUAL", "bf16")
+    assert fast.sit_fast(tiny_sit).residual == torch.bfloat16
+    out = fast.sample_sit_fast(tiny_sit, noise, y, rng=torch.Generator().manual_seed(4), **opts)
+    fast.release(tiny_sit)
+    assert 1e-6 < rel(out, ref) < BF16_TOL
+
+
+_INTERPRETED = r"""
+import torch
+from softvq_demo.sampling.fast import kernels as K
+torch.manual_seed(0)
+out = {}
+r, n, h, d = 3, 40, 4, 24
+qkv = torch.randn(r, n, 3 * h * d)
+q, k, v = qkv.view(r, n, 3, h, d).permute(2, 0, 3, 1, 4)
+ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(r, n, h * d)
+out["attention"] = float((K._short_attention_impl(qkv, h) - ref).norm() / ref.norm())
+hid = 72
+hs, o = torch.randn(r, n, hid), torch.randn(r, n, hid)
+mod = torch.randn(r, 7 * hid)
+gate, ss = mod[:, hid:2 * hid], mod[:, 4 * hid:6 * hid]
+ref_h, ref_m = K.residual_norm_reference(hs, o, gate, ss)
+got_h, got_m = K._residual_norm_impl(hs, o, gate, ss)
+out["norm_h"] = float((got_h - ref_h).norm() / ref_h.norm())
+out["norm_m"] = float((got_m - ref_m).norm() / ref_m.norm())
+a, w, b = torch.randn(24, 256), torch.randn(64, 256) / 16, torch.randn(64)
+ref = torch.nn.functional.gelu(a @ w.t() + b, approximate="tanh")
+out["linear"] = max(float((K._skinny_impl(a, w, b, 1, *cfg) - ref).norm() / ref.norm())
+                    for cfg in ((32, 1, 64), (32, 2, 64), (64, 4, 64)))
+print(out)
+"""
+
+
+def test_triton_kernels_interpreted():
+    """The Triton kernels (short attention, fused residual + LayerNorm, skinny linear) against
+    their PyTorch definitions, run by Triton's CPU interpreter in a subprocess (float32 data:
+    the interpreter's bf16 rounding differs from the GPU's; on CUDA each kernel is checked
+    against float32 again before use)."""
+    pytest.importorskip("triton")
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    errs = ast.literal_eval(res.stdout.strip().splitlines()[-1])
+    assert set(errs) == {"attention", "norm_h", "norm_m", "linear"}
+    assert all(e < 1e-5 for e in errs.values()), errs

@@ -20,8 +20,16 @@ SiT (flow matching)
       step. Larger batches compute them per step, as one product for all layers;
     - each compiled block ends with the NEXT block's modulated LayerNorm (``_sit_block``), so the
       last residual add and that LayerNorm share one pass over the float32 residual stream;
-    - attention runs through the SDPA kernel that ``pick_attention`` timed fastest for the
-      model's token count and head size on this GPU (flash, memory-efficient or cuDNN).
+    - attention runs through the kernel that ``pick_attention`` timed fastest (as graph
+      replays) for the model's token count and head size on this GPU: flash, memory-efficient,
+      cuDNN, or ``kernels.short_attention`` (Triton, sequences up to 128 tokens, reading q, k, v
+      straight from the qkv product);
+    - each residual add + LayerNorm + modulation is one Triton pass (``kernels.residual_norm``)
+      where its check against PyTorch passes (then the block is not torch.compiled: nothing of
+      it is left for Inductor); otherwise the compiled expressions.
+    Not an exact rewrite: with bf16 weights (CUDA) the residual stream is *stored* in bf16 (its
+    adds and LayerNorms in float32); ``SOFTVQ_RESIDUAL=fp32`` stores it in float32. Agreement
+    with float32 for both is in docs/benchmarks.md (H200, 2026-12-02).
     Heun (two evaluations per step) goes through ``FastVelocity``, a graph-captured drop-in for
     ``gen(x, t, y)`` that ``sample_flow`` accepts in place of the model.
 
@@ -37,12 +45,16 @@ MaskGIT
     and every step as a graph replay without host syncs.
 
 Modules, by subject: ``runtime`` (switches, compile, CUDA graphs, attention-kernel pick,
-low-precision copies, per-model caches), ``sit``, ``tokenizers``, ``maskgit``. The models are
+low-precision copies, per-model caches), ``kernels`` (Triton kernels behind custom ops), ``sit``,
+``tokenizers``, ``maskgit``. The models are
 reached through small documented hooks (``SiT.functional_weights``,
 ``Tokenizer.latents_from_indices``, MaskGIT's ``body``), not through their submodules.
 
 Switches: ``SOFTVQ_FAST=0`` turns the fast path off in ``sample``/``generate``;
-``SOFTVQ_COMPILE=0`` keeps it but skips ``torch.compile``; ``SOFTVQ_CUDA_GRAPHS=0`` skips graphs.
+``SOFTVQ_COMPILE=0`` keeps it but skips ``torch.compile``; ``SOFTVQ_CUDA_GRAPHS=0`` skips graphs;
+``SOFTVQ_RESIDUAL=fp32|bf16`` the residual stream's storage; ``SOFTVQ_FUSED_NORM=0`` the Inductor
+LayerNorm passes instead of the Triton one; ``SOFTVQ_ATTENTION=...`` forces an attention kernel;
+``SOFTVQ_SKINNY=1`` lets ``kernels.pick_linear`` time skinny GEMMs for batch 1.
 """
 from .maskgit import sample_maskgit_fast
 from .runtime import (ATTENTION_PICKS, compile_enabled, fast_enabled, graphs_enabled, low_precision_copy,

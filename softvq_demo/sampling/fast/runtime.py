@@ -239,16 +239,27 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Optio
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def _attention_qkv(qkv: torch.Tensor, heads: int, backend: Optional[str]) -> torch.Tensor:
+    """Attention of a block from its qkv product (R×N×3HD) to the projection's input (R×N×HD):
+    the Triton short-sequence kernel reads qkv as it is ("triton"); the SDPA kernels take strided
+    q, k, v views and their output is transposed back."""
+    r, n, three_hd = qkv.shape
+    hidden = three_hd // 3
+    if backend == "triton":
+        return torch.ops.softvq.short_attention(qkv, heads)
+    q, k, v = qkv.view(r, n, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+    return _attention(q, k, v, backend).transpose(1, 2).reshape(r, n, hidden)
+
+
 def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: torch.dtype,
                       device: torch.device, call: Callable[[int], torch.Tensor]) -> bool:
     """A named kernel must also run at other row counts (batch 1, odd sizes) and replay
     correctly from a CUDA graph, since every sampler step is one."""
     try:
         for rows in (1, 3):
-            q, k, v = torch.randn(rows, tokens, 3, heads, head_dim, device=device,
-                                  dtype=dtype).permute(2, 0, 3, 1, 4)
-            out = _attention(q, k, v, name).float()
-            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            qkv = torch.randn(rows, tokens, 3 * heads * head_dim, device=device, dtype=dtype)
+            out = _attention_qkv(qkv, heads, name).float()
+            ref = _attention_qkv(qkv.float(), heads, None)
             if not float((out - ref).norm() / ref.norm()) < 1e-2:
                 return False
         eager = call(1).clone()
@@ -268,7 +279,7 @@ def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: 
         torch.cuda.synchronize(device)
         return False
 
-ATTENTION_BACKENDS = ("flash", "efficient", "cudnn")
+ATTENTION_BACKENDS = ("flash", "efficient", "cudnn", "triton")
 
 ATTENTION_PICKS: dict = {}   # (device, tokens, heads, head dim, dtype) -> {"pick", "ms": {...}, ...}
 
@@ -281,7 +292,9 @@ def pick_attention(device: torch.device, tokens: int, heads: int, head_dim: int,
     SiT-XL's head dim 72) may favour another kernel. Each candidate runs on the block's real
     layout (q, k, v strided views of the qkv product, output transposed back), must match a
     float32 reference to 1e-2, and is timed with CUDA events on ~8k tokens (a guided B=64 step
-    at 64 tokens). ``SOFTVQ_ATTENTION`` = flash / efficient / cudnn forces one, ``sdpa`` keeps
+    at 64 tokens), replayed from a CUDA graph. Candidates: SDPA's own choice, flash,
+    memory-efficient, cuDNN, and the Triton short-sequence kernel (``kernels.short_attention``,
+    up to 128 tokens). ``SOFTVQ_ATTENTION`` = flash / efficient / cudnn / triton forces one, ``sdpa`` keeps
     PyTorch's choice. None (PyTorch's choice) on the CPU."""
     forced = os.environ.get("SOFTVQ_ATTENTION", "auto").strip().lower()
     if device.type != "cuda" or forced in ("sdpa", "default", "none"):
@@ -298,16 +311,17 @@ def pick_attention(device: torch.device, tokens: int, heads: int, head_dim: int,
     try:
         with torch.no_grad(), torch.cuda.device(device):
             gen = torch.Generator(device=device).manual_seed(0)
-            qkvs = [torch.randn(rows, tokens, 3, heads, head_dim, device=device, dtype=dtype,
-                                generator=gen).permute(2, 0, 3, 1, 4) for _ in range(3)]
-            ref = F.scaled_dot_product_attention(*(t.float() for t in qkvs[0]))
-            ref = ref.transpose(1, 2).reshape(rows, tokens, hidden)
-            for name in (None,) + ATTENTION_BACKENDS:
+            qkvs = [torch.randn(rows, tokens, 3 * hidden, device=device, dtype=dtype,
+                                generator=gen) for _ in range(3)]
+            ref = _attention_qkv(qkvs[0].float(), heads, None)
+            from . import kernels
+            names = tuple(n for n in ATTENTION_BACKENDS
+                          if n != "triton" or kernels.short_attention_ok(tokens, head_dim))
+            for name in (None,) + names:
                 label = name or "sdpa"
                 try:
                     def call(i: int, name=name) -> torch.Tensor:
-                        q, k, v = qkvs[i]
-                        return _attention(q, k, v, name).transpose(1, 2).reshape(rows, tokens, hidden)
+                        return _attention_qkv(qkvs[i], heads, name)
                     err = float((call(0).float() - ref).norm() / ref.norm())
                     record["rel_err"][label] = err
                     if not err < 1e-2:
@@ -317,19 +331,15 @@ def pick_attention(device: torch.device, tokens: int, heads: int, head_dim: int,
                         record["rel_err"][label] = f"{err:.1e}, but failed on other batch sizes " \
                                                    "or under CUDA-graph capture"
                         continue
-                    for i in range(3):
-                        call(i)
-                    times = []
-                    for _ in range(5):
-                        start = torch.cuda.Event(enable_timing=True)
-                        end = torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        for i in range(10):
-                            call(i % 3)
-                        end.record()
-                        end.synchronize()
-                        times.append(start.elapsed_time(end) / 10)
-                    record["ms"][label] = sorted(times)[len(times) // 2]
+                    # timed as graph replays (as the sampler runs them): eager launches would
+                    # time Python's launch overhead, which favoured the library kernels over the
+                    # Triton one (seen on the H200: 'efficient' picked over a 2x faster kernel)
+                    turn = {"i": 0}
+
+                    def rotating(call=call) -> torch.Tensor:
+                        turn["i"] += 1
+                        return call(turn["i"] % 3)
+                    record["ms"][label] = kernels.graph_ms(rotating, inner=12, reps=5)
                 except Exception as err:  # a kernel this GPU / shape does not support
                     record["rel_err"][label] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
             timed = {k: v for k, v in record["ms"].items() if k != "sdpa"}

@@ -8,6 +8,7 @@ names each tensor this layout needs.
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
 
@@ -17,8 +18,9 @@ from torch import nn
 
 from ...device import module_device
 from ..flow import path_coefficients, sample_flow, time_grid, validate_options
-from .runtime import (BF16, LOCK, _attention, _Graphs, _maybe_compile, _PerModelCache, compile_enabled,
-                      graphs_enabled, pick_attention)
+from . import kernels
+from .runtime import (BF16, LOCK, _attention_qkv, _Graphs, _maybe_compile, _PerModelCache,
+                      compile_enabled, graphs_enabled, pick_attention)
 
 GELU_EPILOGUE = True                # SiT fc1: cuBLASLt bias+GELU epilogue on CUDA (tanh GELU there)
 MOD_TABLE_BYTES = 256 * 2 ** 20     # precomputed adaLN table: always allowed up to this size
@@ -54,38 +56,65 @@ def _modulated_norm(h: torch.Tensor, mod2: torch.Tensor, dtype: torch.dtype) -> 
 
 
 def _sit_embed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pos: torch.Tensor,
-               mod2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token embedding (h, float32) and the first block's modulated LayerNorm of it."""
+               mod2: torch.Tensor, res_dtype: torch.dtype = torch.float32
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embedding (h, stored in ``res_dtype``) and the first block's modulated LayerNorm of
+    it (computed from the float32 value before any rounding of the stored stream)."""
     h = F.linear(x.to(w.dtype), w, b).float() + pos
-    return h, _modulated_norm(h, mod2, w.dtype)
+    return h.to(res_dtype), _modulated_norm(h, mod2, w.dtype)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, cfg: Optional[tuple], gelu: bool = False
+            ) -> torch.Tensor:
+    """x·wᵀ + b (then tanh GELU) on 2-D x: cuBLAS, or the skinny Triton kernel config ``cfg``
+    that ``kernels.pick_linear`` timed faster for this shape (few rows: batch-1 sampling)."""
+    if cfg is not None:
+        return torch.ops.softvq.skinny_linear(x, w, b, 1 if gelu else 0, *cfg)
+    if not gelu:
+        return F.linear(x, w, b)
+    if GELU_EPILOGUE and x.is_cuda:
+        # fc1 + bias + tanh-GELU in one cuBLASLt call (GELU_BIAS epilogue): the 4H-wide
+        # activation is written once instead of written, read and written again
+        return torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    return F.gelu(F.linear(x, w, b), approximate="tanh")
 
 
 def _sit_block(h: torch.Tensor, a: torch.Tensor, mod: torch.Tensor, mod_next: torch.Tensor,
                qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, heads: int,
-               attn: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SiT block, its LayerNorms shifted by one: takes h (R×N×H float32 residual stream) and
-    a = this block's modulated LN1(h); returns the new h and the NEXT block's (or the final
-    layer's) modulated LN1 of it (``mod_next``: R×2H shift, scale). Same arithmetic as a plain
-    block; the shift lets the last residual add and the next LayerNorm share one pass over h
-    (one read of the float32 stream per layer less). mod: R×6H, (shift, scale, gate) × 2."""
+               attn: Optional[str] = None, lin: Optional[tuple] = None, fused_norm: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SiT block, its LayerNorms shifted by one: takes h (R×N×H residual stream, float32 by
+    default) and a = this block's modulated LN1(h); returns the new h and the NEXT block's (or
+    the final layer's) modulated LN1 of it (``mod_next``: R×2H shift, scale). Same arithmetic as
+    a plain block; the shift lets the last residual add and the next LayerNorm share one pass over
+    h (one read of the stream per layer less). mod: R×6H, (shift, scale, gate) × 2.
+
+    The residual adds and LayerNorms always run in float32; h is only *stored* in its own dtype
+    (bf16 halves the bytes of the two passes per layer, at a rounding of the stream per add).
+    ``attn``: the attention kernel (``runtime.pick_attention``); ``lin``: per product (qkv, proj,
+    fc1, fc2) None for cuBLAS or a skinny-kernel config (``kernels.pick_linear``); ``fused_norm``:
+    each residual add + LayerNorm + modulation as one Triton pass (``kernels.residual_norm``,
+    the same arithmetic as the expressions below, which torch.compile fuses less well: it loops
+    over rows wider than 1024 and re-reads them)."""
     r, n, hidden = h.shape
     dt = qkv_w.dtype
+    lin = lin or (None, None, None, None)
+    qkv = _linear(a.reshape(r * n, hidden), qkv_w, qkv_b, lin[0]).view(r, n, 3 * hidden)
+    o = _attention_qkv(qkv, heads, attn)
+    o = _linear(o.reshape(r * n, hidden), proj_w, proj_b, lin[1]).view(r, n, hidden)
+    if fused_norm:
+        h, m = kernels.residual_norm_op(h, o, mod[:, 2 * hidden:3 * hidden],
+                                        mod[:, 3 * hidden:5 * hidden])
+        u = _linear(m.reshape(r * n, hidden), fc1_w, fc1_b, lin[2], gelu=True)
+        m = _linear(u, fc2_w, fc2_b, lin[3]).view(r, n, hidden)
+        return kernels.residual_norm_op(h, m, mod[:, 5 * hidden:], mod_next)
     ga, sm, cm, gm = mod[:, 2 * hidden:].float().unsqueeze(1).chunk(4, dim=-1)
-    qkv = F.linear(a, qkv_w, qkv_b).view(r, n, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
-    o = _attention(qkv[0], qkv[1], qkv[2], attn)
-    o = F.linear(o.transpose(1, 2).reshape(r, n, hidden), proj_w, proj_b)
-    h = h + ga * o.float()
-    m = (F.layer_norm(h, (hidden,), eps=1e-6) * (1 + cm) + sm).to(dt)
-    if GELU_EPILOGUE and m.is_cuda:
-        # fc1 + bias + tanh-GELU in one cuBLASLt call (GELU_BIAS epilogue): the 4H-wide
-        # activation is written once instead of written, read and written again
-        u = torch._addmm_activation(fc1_b, m.reshape(r * n, hidden), fc1_w.t(), use_gelu=True)
-        u = u.view(r, n, -1)
-    else:
-        u = F.gelu(F.linear(m, fc1_w, fc1_b), approximate="tanh")
-    m = F.linear(u, fc2_w, fc2_b)
-    h = h + gm * m.float()
-    return h, _modulated_norm(h, mod_next, dt)
+    hf = h.float() + ga * o.float()
+    m = (F.layer_norm(hf, (hidden,), eps=1e-6) * (1 + cm) + sm).to(dt)
+    u = _linear(m.reshape(r * n, hidden), fc1_w, fc1_b, lin[2], gelu=True)
+    m = _linear(u, fc2_w, fc2_b, lin[3]).view(r, n, hidden)
+    hf = hf.to(h.dtype).float() + gm * m.float()
+    return hf.to(h.dtype), _modulated_norm(hf, mod_next, dt)
 
 
 def _sit_finish(a, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
@@ -108,9 +137,10 @@ class SiTFast:
     """A SiT's weights in bf16 (float32 on the CPU), laid out for the functional forward."""
 
     def __init__(self, gen: nn.Module, dtype: Optional[torch.dtype] = None,
-                 compile: Optional[bool] = None):
+                 compile: Optional[bool] = None, residual: Optional[torch.dtype] = None):
         self.device = module_device(gen)
         self.dtype = dtype or (BF16 if self.device.type == "cuda" else torch.float32)
+        self.residual = residual or residual_dtype(self.dtype)
         self.compiled = compile_enabled(self.device, compile)
         self.num_tokens, self.token_dim = int(gen.num_tokens), int(gen.token_dim)
         self.hidden, self.depth, self.heads = int(gen.hidden_size), int(gen.depth), int(gen.num_heads)
@@ -135,10 +165,31 @@ class SiTFast:
                                    self.dtype)
         self.f_mod = _maybe_compile(_sit_modulation, on, {0: (0,), 1: (0,)})
         self.f_embed = _maybe_compile(_sit_embed, on, {0: (0, 1), 3: (0,), 4: (0,)})
-        self.f_block = _maybe_compile(_sit_block, on, {0: (0, 1), 1: (0, 1), 2: (0,), 3: (0,)})
+        self.fused_norm = (self.dtype == BF16 and
+                           kernels.residual_norm_ok(self.device, self.hidden, self.residual, self.dtype))
+        # with the fused norm every kernel of a block is a library or Triton call already:
+        # compiling it would only add trace time (and possibly copies of the strided mod views)
+        self.f_block = _sit_block if self.fused_norm else _maybe_compile(
+            _sit_block, on, {0: (0, 1), 1: (0, 1), 2: (0,), 3: (0,)})
         self.f_finish = _maybe_compile(_sit_finish, on, {0: (0, 1), 3: (0, 1), 7: (0, 1)})
         self.runners: "OrderedDict[tuple, _FlowRunner]" = OrderedDict()
         self.velocities: "OrderedDict[tuple, FastVelocity]" = OrderedDict()
+        self.lin_picks: dict = {}
+
+    def linear_picks(self, rows: int) -> Optional[tuple]:
+        """Per product (qkv, proj, fc1, fc2) of a block, at ``rows`` token rows: None for cuBLAS
+        or the skinny Triton config timed faster (CUDA, bf16, at most 128 rows: batch 1)."""
+        if (self.device.type != "cuda" or rows > 128 or self.dtype != BF16
+                or not kernels.AVAILABLE):
+            return None
+        if rows not in self.lin_picks:
+            h = self.hidden
+            f = self.blocks[0][4].shape[0]
+            shapes = ((3 * h, h, 0), (h, h, 0), (f, h, 1), (h, f, 0))
+            picks = tuple(kernels.pick_linear(rows, n, k, act, self.device, self.dtype)
+                          for n, k, act in shapes)
+            self.lin_picks[rows] = picks if any(p is not None for p in picks) else None
+        return self.lin_picks[rows]
 
     # -- pieces used by the runners
     def modulation(self, t: torch.Tensor, y_emb: torch.Tensor) -> torch.Tensor:
@@ -152,11 +203,12 @@ class SiTFast:
         of what follows it (block i+1's shift and scale, or the final layer's), since each block
         ends with the next one's LayerNorm."""
         w6, w2 = 6 * self.hidden, 2 * self.hidden
-        h, a = self.f_embed(x, self.x_w, self.x_b, self.pos, mods[:, :w2])
+        lin = self.linear_picks(int(x.shape[0]) * int(x.shape[1]))
+        h, a = self.f_embed(x, self.x_w, self.x_b, self.pos, mods[:, :w2], self.residual)
         for i, weights in enumerate(self.blocks):
             nxt = (i + 1) * w6
             h, a = self.f_block(h, a, mods[:, i * w6:nxt], mods[:, nxt:nxt + w2], *weights,
-                                self.heads, self.attn)
+                                self.heads, self.attn, lin, self.fused_norm)
         return a
 
     def finish(self, out_of_trunk, mods, x, ca, cb, cc, noise, cfg, guided: bool) -> torch.Tensor:
@@ -180,13 +232,28 @@ class SiTFast:
 _SIT_CACHE = _PerModelCache()
 
 
+def residual_dtype(weights: Optional[torch.dtype] = None) -> torch.dtype:
+    """The residual stream's storage dtype: bf16 when the weights are bf16 (the CUDA default:
+    the two passes per layer move a third fewer bytes; agreement with float32 measured in
+    docs/benchmarks.md), float32 otherwise; ``SOFTVQ_RESIDUAL`` = fp32 / bf16 overrides."""
+    value = os.environ.get("SOFTVQ_RESIDUAL", "auto").strip().lower()
+    if value in ("bf16", "bfloat16"):
+        return BF16
+    if value in ("fp32", "float32"):
+        return torch.float32
+    return BF16 if weights == BF16 else torch.float32
+
+
 def sit_fast(gen: nn.Module, compile: Optional[bool] = None,
-             dtype: Optional[torch.dtype] = None) -> SiTFast:
+             dtype: Optional[torch.dtype] = None, residual: Optional[torch.dtype] = None) -> SiTFast:
     """The (cached) fast copy of a SiT; rebuilt when its weights change. ``dtype``: weight and
-    matmul precision (default bf16 on CUDA, float32 elsewhere)."""
+    matmul precision (default bf16 on CUDA, float32 elsewhere); ``residual``: the residual
+    stream's storage dtype (default ``residual_dtype``: bf16 with bf16 weights)."""
     device = module_device(gen)
     on = compile_enabled(device, compile)
-    return _SIT_CACHE.get(gen, ("sit", on, dtype), lambda: SiTFast(gen, dtype=dtype, compile=on))
+    res = residual or residual_dtype(dtype or (BF16 if device.type == "cuda" else torch.float32))
+    return _SIT_CACHE.get(gen, ("sit", on, dtype, res),
+                          lambda: SiTFast(gen, dtype=dtype, compile=on, residual=res))
 
 
 # --------------------------------------------------------------------------- sampling
