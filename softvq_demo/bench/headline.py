@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ..device import autocast
 from ..sampling import fast as fastmod
 from ..sampling.fast import kernels, runtime
 from ..sampling.flow import sample_flow
+from .report import clock_and_power_log
 from .cases import SETTINGS, build_sit, build_softvq, rel_err
 
 T0 = time.perf_counter()
@@ -108,58 +108,47 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip() in VARIANTS]
     out = Path(args.out) if args.out else None
-    smi = None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,"
-                                    "temperature.gpu,clocks_throttle_reasons.active", "--format=csv",
-                                    "-lms", "500"], stdout=open(out / "smi.csv", "w"),
-                                   stderr=subprocess.DEVNULL)
-        except OSError:
-            smi = None
-    dev = torch.device(args.device)
-    log(f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "
-        f"SOFTVQ_RESIDUAL={os.environ.get('SOFTVQ_RESIDUAL', 'auto')}")
-    results: dict = {"variants": {}, "reference": {}, "agreement": {}, "how": {}}
-    for n, d in ((64, 32), (32, 64)):
-        gen = build_sit(n, d, dev, tiny=args.tiny)
-        for b, setting in ((64, "250 sde"), (1, "50 euler")):
-            opts = SETTINGS[setting]
-            noise = torch.randn(b, n, d, device=dev)
-            y = torch.randint(0, gen.num_classes, (b,), device=dev)
+    with clock_and_power_log(out):
+        dev = torch.device(args.device)
+        log(f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "
+            f"SOFTVQ_RESIDUAL={os.environ.get('SOFTVQ_RESIDUAL', 'auto')}")
+        results: dict = {"variants": {}, "reference": {}, "agreement": {}, "how": {}}
+        for n, d in ((64, 32), (32, 64)):
+            gen = build_sit(n, d, dev, tiny=args.tiny)
+            for b, setting in ((64, "250 sde"), (1, "50 euler")):
+                opts = SETTINGS[setting]
+                noise = torch.randn(b, n, d, device=dev)
+                y = torch.randint(0, gen.num_classes, (b,), device=dev)
 
-            def run() -> None:
-                fastmod.sample_sit_fast(gen, noise, y, null_class=gen.null_class, **opts)
-            case = f"{n} tok B={b} {setting}"
-            reps = 1 if b > 1 else 5
-            for r in range(args.rounds):
-                for name in names:
-                    with Variant(name):
-                        fastmod.release(gen)
-                        w = timed(run)  # builds, compiles, captures
-                        t = statistics.median(timed(run) for _ in range(reps))
-                        results["how"][f"{name} {n} tok"] = describe(gen)
-                        fastmod.release(gen)
-                    results["variants"].setdefault(case, {}).setdefault(name, []).append(t)
-                    log(f"{case} round {r} {name:20s} {b / t:8.2f} img/s {1000 * t / b:8.1f} ms/image "
-                        f"(first call {w:.1f}s; {results['how'][f'{name} {n} tok']})")
-            if not args.no_reference:
-                with autocast(dev):
-                    short = dict(opts, steps=2)
-                    sample_flow(gen, noise, y, null_class=gen.null_class, **short)  # load kernels
-                    t = timed(lambda: sample_flow(gen, noise, y, null_class=gen.null_class, **opts))
-                results["reference"][case] = t
-                log(f"{case} reference path {b / t:8.2f} img/s {1000 * t / b:8.1f} ms/image")
-            if out:
-                (out / "headline.json").write_text(json.dumps(results, indent=1))
-        if n == 64 and not args.no_agreement:
-            agreement(gen, names, results)
-        gen = None
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    if smi is not None:
-        smi.terminate()
+                def run() -> None:
+                    fastmod.sample_sit_fast(gen, noise, y, null_class=gen.null_class, **opts)
+                case = f"{n} tok B={b} {setting}"
+                reps = 1 if b > 1 else 5
+                for r in range(args.rounds):
+                    for name in names:
+                        with Variant(name):
+                            fastmod.release(gen)
+                            w = timed(run)  # builds, compiles, captures
+                            t = statistics.median(timed(run) for _ in range(reps))
+                            results["how"][f"{name} {n} tok"] = describe(gen)
+                            fastmod.release(gen)
+                        results["variants"].setdefault(case, {}).setdefault(name, []).append(t)
+                        log(f"{case} round {r} {name:20s} {b / t:8.2f} img/s {1000 * t / b:8.1f} ms/image "
+                            f"(first call {w:.1f}s; {results['how'][f'{name} {n} tok']})")
+                if not args.no_reference:
+                    with autocast(dev):
+                        short = dict(opts, steps=2)
+                        sample_flow(gen, noise, y, null_class=gen.null_class, **short)  # load kernels
+                        t = timed(lambda: sample_flow(gen, noise, y, null_class=gen.null_class, **opts))
+                    results["reference"][case] = t
+                    log(f"{case} reference path {b / t:8.2f} img/s {1000 * t / b:8.1f} ms/image")
+                if out:
+                    (out / "headline.json").write_text(json.dumps(results, indent=1))
+            if n == 64 and not args.no_agreement:
+                agreement(gen, names, results)
+            gen = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     text = report(results, names)
     print(text)
     if out:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from ..sampling import fast as fastmod
 from ..sampling.fast import kernels, runtime
 from ..sampling.flow import sample_flow
+from .report import clock_and_power_log
 from .cases import SETTINGS, build_sit, rel_err
 
 T0 = time.perf_counter()
@@ -218,56 +218,46 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else None
     skip = set(filter(None, args.skip.split(",")))
-    smi = None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,"
-                                    "temperature.gpu,clocks_throttle_reasons.active", "--format=csv",
-                                    "-lms", "500"], stdout=open(out / "smi.csv", "w"), stderr=subprocess.DEVNULL)
-        except OSError:
-            smi = None
-    report: list = []
-    results: dict = {}
-    log(f"gpu {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b2 = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b2
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ b2
-    sync()
-    results["matmul_tflops"] = 2 * 8192 ** 3 * 10 / (time.perf_counter() - t0) / 1e12
-    del a, b2
-    log(f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
-    if "micro" not in skip:
-        micro(report)
-    refs: dict = {}
-    gens = {64: build_sit(64, 32, torch.device("cuda"), tiny=False),
-            32: build_sit(32, 64, torch.device("cuda"), tiny=False)}
-    for name in args.variants.split(","):
-        use_variant(name)
-        for n, gen in gens.items():
-            fastmod.release(gen)
-            t0 = time.perf_counter()
-            if "profile" not in skip:
-                profile_cases(gen, name, report)
-            if "runs" not in skip:
-                full_runs(gen, name, results)
-            if "agree" not in skip and n == 64:
-                agreement(gen, name, refs, results)
-            log(f"variant {name} {n} tok done in {time.perf_counter() - t0:.0f}s; attention picks "
-                f"{ {k[1]: v['pick'] for k, v in runtime.ATTENTION_PICKS.items()} }; linear picks "
-                f"{fastmod.sit_fast(gen).lin_picks}")
-            fastmod.release(gen)
-            if out:
-                (out / "profile.txt").write_text("\n".join(report) + "\n")
-                (out / "profile.json").write_text(json.dumps(dict(results=results, log=LOG), indent=1,
-                                                              default=str))
-    if smi is not None:
-        smi.terminate()
+    with clock_and_power_log(out):
+        report: list = []
+        results: dict = {}
+        log(f"gpu {torch.cuda.get_device_name()}, torch {torch.__version__}")
+        a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        b2 = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b2
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b2
+        sync()
+        results["matmul_tflops"] = 2 * 8192 ** 3 * 10 / (time.perf_counter() - t0) / 1e12
+        del a, b2
+        log(f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
+        if "micro" not in skip:
+            micro(report)
+        refs: dict = {}
+        gens = {64: build_sit(64, 32, torch.device("cuda"), tiny=False),
+                32: build_sit(32, 64, torch.device("cuda"), tiny=False)}
+        for name in args.variants.split(","):
+            use_variant(name)
+            for n, gen in gens.items():
+                fastmod.release(gen)
+                t0 = time.perf_counter()
+                if "profile" not in skip:
+                    profile_cases(gen, name, report)
+                if "runs" not in skip:
+                    full_runs(gen, name, results)
+                if "agree" not in skip and n == 64:
+                    agreement(gen, name, refs, results)
+                log(f"variant {name} {n} tok done in {time.perf_counter() - t0:.0f}s; attention picks "
+                    f"{ {k[1]: v['pick'] for k, v in runtime.ATTENTION_PICKS.items()} }; linear picks "
+                    f"{fastmod.sit_fast(gen).lin_picks}")
+                fastmod.release(gen)
+                if out:
+                    (out / "profile.txt").write_text("\n".join(report) + "\n")
+                    (out / "profile.json").write_text(json.dumps(dict(results=results, log=LOG), indent=1,
+                                                                  default=str))
     print("\n".join(report))
     print(json.dumps(results, indent=1, default=str))
 

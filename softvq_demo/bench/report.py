@@ -1,10 +1,36 @@
 """The GPU benchmark's markdown report."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
+from pathlib import Path
+from typing import Iterator, Optional
 
 from ..sampling import fast as fastmod
 from .cases import CONFIGS
+
+
+@contextlib.contextmanager
+def clock_and_power_log(out: Optional[Path], every_ms: int = 500) -> Iterator[None]:
+    """While the block runs, ``nvidia-smi`` writes clocks, power, temperature and throttle reasons
+    to ``out/smi.csv`` every ``every_ms`` ms (the H100/H200 run at their power cap under SiT-XL:
+    a figure without the clock beside it is half a figure). Nothing without ``out`` or nvidia-smi."""
+    proc = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,"
+                                     "temperature.gpu,clocks_throttle_reasons.active", "--format=csv",
+                                     "-lms", str(every_ms)], stdout=open(out / "smi.csv", "w"),
+                                    stderr=subprocess.DEVNULL)
+        except OSError:
+            proc = None
+    try:
+        yield
+    finally:
+        if proc is not None:
+            proc.terminate()
 
 
 def markdown_report(bench) -> str:
