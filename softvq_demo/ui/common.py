@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 # --------------------------------------------------------------------------- ZeroGPU
-try:  # optional: Hugging Face ZeroGPU Spaces only; functions that use the GPU are decorated with spaces.GPU
+try:  # optional, ZeroGPU Spaces only: functions that use the GPU are decorated with spaces.GPU
     import spaces  # type: ignore
 
     def gpu(fn=None, *, duration: int = 60):
