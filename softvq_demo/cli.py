@@ -10,9 +10,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
-from .sampling import settings
+from .analysis.metrics import psnr
+from .catalogue import CATALOGUE, find_entry
+from .convert import add_parser as add_convert_parser, main_convert
+from .data.images import load_image, to_model_input, to_pil
+from .device import autocast
+from .loading import load_generator, load_tokenizer
+from .research import fid
+from .research.reconstruct_set import reconstruct_set
+from .research.sample_set import sample_set
+from .research.shards import distributed
+from .sampling import check_pair, generate, pair_warning, settings
 
 
 def _parse_classes(text: str) -> list[int]:
@@ -62,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None)
 
     sub.add_parser("models", help="list the catalogue")
-    from .convert import add_parser as add_convert_parser
     add_convert_parser(sub)
     add_research_commands(sub)
     return parser
@@ -101,16 +111,14 @@ def add_research_commands(sub) -> None:
     rs.add_argument("--reference-path", action="store_true", help="no CUDA fast path")
     rs.add_argument("--out", default="out/reconstruct-set")
     rs.add_argument("--device", default=None)
-    fid = sub.add_parser("fid", help="FID / IS / precision-recall of a .npz against a reference .npz")
-    fid.add_argument("samples")
-    fid.add_argument("reference")
-    fid.add_argument("--device", default=None)
-    fid.add_argument("--batch-size", type=int, default=200)
+    fd = sub.add_parser("fid", help="FID / IS / precision-recall of a .npz against a reference .npz")
+    fd.add_argument("samples")
+    fd.add_argument("reference")
+    fd.add_argument("--device", default=None)
+    fd.add_argument("--batch-size", type=int, default=200)
 
 
 def cmd_models() -> None:
-    from .catalogue import CATALOGUE
-
     print(f"{'name':28} {'kind':10} {'family':8} {'px':>4} {'tok':>4} {'dim':>4} {'codes':>6} "
           f"{'rFID':>5} {'gFID':>5}  source")
     for e in CATALOGUE:
@@ -121,13 +129,6 @@ def cmd_models() -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    import torch
-
-    from .analysis.metrics import psnr
-    from .data.images import load_image, to_model_input, to_pil
-    from .device import autocast
-    from .loading import load_tokenizer
-
     paths = [Path(p) for p in args.images]
     for p in paths:  # fail before loading a model
         if not p.is_file():
@@ -149,9 +150,6 @@ def cmd_reconstruct(args) -> None:
 def load_generator_and_tokenizer(generator: str, tokenizer: Optional[str], device):
     """The generator, the tokenizer it decodes through (``tokenizer``, or the catalogue's pair) and
     that tokenizer's source."""
-    from .catalogue import find_entry
-    from .loading import load_generator, load_tokenizer
-
     gen = load_generator(generator, device=device)
     if tokenizer is None:
         entry = find_entry(generator)
@@ -162,9 +160,6 @@ def load_generator_and_tokenizer(generator: str, tokenizer: Optional[str], devic
 
 
 def cmd_generate(args) -> None:
-    from .data.images import to_pil
-    from .sampling import check_pair, generate, pair_warning
-
     gen, tok, _ = load_generator_and_tokenizer(args.generator, args.tokenizer, args.device)
     check_pair(tok, gen)
     warning = pair_warning(tok, gen)
@@ -214,8 +209,6 @@ def _sampler_options(gen, args) -> dict:
 
 def _print_fid(samples, reference, device, batch_size: int = 200) -> None:
     """FID & co, or one line saying why not (the .npz stays usable with the ADM evaluator)."""
-    from .research import fid
-
     try:
         res = fid.compare(samples, reference, device=device, batch_size=batch_size)
     except (fid.InceptionMissing, ImportError) as err:
@@ -229,22 +222,15 @@ def cmd_research(args) -> None:
     if args.command == "fid":
         _print_fid(args.samples, args.reference, args.device, args.batch_size)
         return
-    from .loading import load_tokenizer
-    from .research.shards import distributed
-
     fast = False if args.reference_path else None
     with distributed(args.device) as dist:
         if args.command == "reconstruct-set":
-            from .research.reconstruct_set import reconstruct_set
-
             tok = load_tokenizer(args.tokenizer, device=dist.device)
             summary = reconstruct_set(tok, args.folder, args.out, dist=dist, batch_size=args.batch_size,
                                       boxes=args.boxes, fast=fast, sources={"tokenizer": args.tokenizer},
                                       workers=args.workers)
             ref = summary.get("inputs_npz") if args.rfid else None
         else:
-            from .research.sample_set import sample_set
-
             gen, tok, tok_src = load_generator_and_tokenizer(args.generator, args.tokenizer, dist.device)
             summary = sample_set(gen, tok, args.num_samples, args.out, dist=dist, seed=args.seed,
                                  batch_size=args.batch_size, labels=args.labels, png=args.png, fast=fast,
@@ -273,7 +259,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "generate":
             cmd_generate(args)
         elif args.command == "convert":
-            from .convert import main_convert
             main_convert(args)
         elif args.command in ("sample", "reconstruct-set", "fid"):
             cmd_research(args)

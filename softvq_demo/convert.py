@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -25,6 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import huggingface_hub
+import torch
+import yaml
+from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 from safetensors.torch import save_file
 
 from .weights import (CheckpointError, build_on_meta, check_keys, expected_tensors, read_header,
@@ -76,10 +81,6 @@ def find_release(name_or_repo: str) -> Optional[Release]:
 # --------------------------------------------------------------------------- reading the pickle
 def read_state_dict(path: PathLike) -> dict[str, Any]:
     """A flat ``{name: tensor}`` dict from a torch.save file, through the restricted unpickler."""
-    import pickle
-
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
@@ -136,7 +137,6 @@ def read_config_file(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
         config = yaml.safe_load(text)
     else:
         config = json.loads(text)
@@ -275,8 +275,6 @@ def download_release(release: Release, *, cache_dir: Optional[PathLike] = None,
     """The release's pickle, fetched into the Hub cache (not opened here)."""
 
     try:
-        import huggingface_hub
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
         (enable_progress_bars if progress else disable_progress_bars)()
         return Path(huggingface_hub.hf_hub_download(release.repo_id, PICKLE_FILE, cache_dir=cache_dir))
     except Exception as err:

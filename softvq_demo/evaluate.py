@@ -31,9 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import metrics
+from .analysis import ocr as ocr_lib  # "ocr" is the local name of the reader or None below
 from .analysis.codec import reconstruct_images
 from .data import textscenes as ts
-from .sampling import settings
+from .data import textscenes2 as ts2
+from .loading import load_generator, load_tokenizer
+from .sampling import generate, settings
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,11 +46,6 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic",
                                           antialias=images.shape[-1] > size, align_corners=False)
     return out.clamp(-1, 1)
-
-
-def _ocr():
-    from .analysis import ocr
-    return ocr
 
 
 def _nan_to_none(v):
@@ -70,7 +68,7 @@ def evaluate_set(tok, images: torch.Tensor, words: Optional[Sequence[str]] = Non
     out = dict(n=int(images.shape[0]), psnr=float(finite.mean()) if finite.numel() else float("inf"),
                ssim=float(ssim.mean()), reconstruct_s=t_rec)
     if use_ocr:
-        ocr = _ocr()
+        ocr = ocr_lib
         refs = ocr.read_strings(images, progress=progress, desc=f"{name}: OCR inputs")
         preds = ocr.read_strings(recon, progress=progress, desc=f"{name}: OCR reconstructions")
         m = ocr.text_metrics(preds, refs)
@@ -167,7 +165,7 @@ def text_rows(images: torch.Tensor, outputs: dict, lines: Optional[list] = None,
         for i, ls in enumerate(lines):
             for _, (x0, y0, x1, y1) in ls:
                 inside[i, :, y0:y1, x0:x1] = 1
-    ocr = _ocr() if (use_ocr and lines is not None) else None
+    ocr = ocr_lib if (use_ocr and lines is not None) else None
     for key, out in outputs.items():
         psnr = metrics.psnr(out, images, reduction="none")
         finite = psnr[torch.isfinite(psnr)]
@@ -192,7 +190,6 @@ def text_rows(images: torch.Tensor, outputs: dict, lines: Optional[list] = None,
 
 def _text_set(kind: str, n: int, seed: int, render_size: int) -> tuple[torch.Tensor, Optional[list]]:
     if kind == "unseen":     # textscenes v2 held-out split: unseen fonts, unseen words, unseen photos
-        from .data import textscenes2 as ts2
         ds = ts2.TextScenes2("heldout", size=n, image_size=render_size, seed=seed)
         samples = [ds.sample(i) for i in range(n)]
         return ts.to_tensor(np.stack([s.image for s in samples])), [list(zip(s.lines, s.boxes)) for s in samples]
@@ -200,7 +197,6 @@ def _text_set(kind: str, n: int, seed: int, render_size: int) -> tuple[torch.Ten
         ds = ts.TextScenes("heldout", size=n, image_size=render_size, seed=seed)
         samples = [ds.sample(i) for i in range(n)]
         return ts.to_tensor(np.stack([s.image for s in samples])), [[(s.text, s.box)] for s in samples]
-    from .data import textscenes2 as ts2
     return ts.to_tensor(ts2.photo_crops(n, render_size, seed=seed)), None
 
 
@@ -279,8 +275,6 @@ def evaluate_generator(gen, tok, *, n_per_class: int = 16, classes: Optional[Seq
                        batch_size: int = 64, use_ocr: bool = True, progress: bool = True,
                        reference: bool = True) -> dict:
     """Per-class OCR word rate and within-class diversity, without and with CFG."""
-    from . import generate
-
     words = class_words_for(gen)
     if classes is None:
         classes = list(range(gen.num_classes)) if gen.num_classes <= 64 else list(range(10))
@@ -288,7 +282,7 @@ def evaluate_generator(gen, tok, *, n_per_class: int = 16, classes: Optional[Seq
     labels = [c for c in classes for _ in range(n_per_class)]
     res = dict(generator=_model_info(gen), n_per_class=n_per_class, classes=classes,
                class_words=[words[c] for c in classes] if words else None, runs={})
-    ocr = _ocr() if (use_ocr and words) else None
+    ocr = ocr_lib if (use_ocr and words) else None
     for guided in (False, True):
         key = "cfg" if guided else "no_cfg"
         options = _guidance_options(gen, cfg, guided)
@@ -318,7 +312,6 @@ def evaluate_generator(gen, tok, *, n_per_class: int = 16, classes: Optional[Seq
         if texts is not None:
             run["reads_word"] = float(np.mean([r["reads_word"] for r in per_class.values()]))
         res["runs"][key] = run
-    from .data import textscenes2 as ts2
     if reference and words and list(words) in (list(ts.CLASS_WORDS), list(ts2.CLASS_WORDS)):
         res["real"] = _real_reference(tok, classes, n_per_class, seed, ocr, progress,
                                       v2=list(words) == list(ts2.CLASS_WORDS))
@@ -328,7 +321,6 @@ def evaluate_generator(gen, tok, *, n_per_class: int = 16, classes: Optional[Seq
 def _real_reference(tok, classes, n_per_class, seed, ocr, progress, v2: bool = False) -> dict:
     """The same figures for real textscenes images of each class (v2: the class mode of the
     training split, the generators' data; v1: the held-out split), at the tokenizer's size."""
-    from .data import textscenes2 as ts2
     words = ts2.CLASS_WORDS if v2 else ts.CLASS_WORDS
     per_class = {}
     for c in tqdm(classes, desc="real reference", unit="class", leave=False, disable=not progress):
@@ -354,8 +346,6 @@ def evaluate(tokenizer, generator=None, *, n: int = 200, photos: Optional[int] =
              steps: Optional[int] = None, seed: int = 0, batch_size: int = 32, use_ocr: bool = True,
              device=None, progress: bool = True, tables: bool = True) -> dict:
     """Load (if given sources) and evaluate; returns the results dict."""
-    from . import load_generator, load_tokenizer
-
     tok = tokenizer if isinstance(tokenizer, torch.nn.Module) else load_tokenizer(tokenizer, device=device)
     tok.eval()
     t0 = time.perf_counter()

@@ -74,7 +74,7 @@ def download_from_hub(repo_id: str, *, progress: bool = True,
 
     ``HF_HUB_OFFLINE=1`` is honoured by huggingface_hub itself: it then answers from the cache.
     """
-    try:
+    try:  # inside: the ImportError guard below names a missing hub as a CheckpointError
         from huggingface_hub import snapshot_download
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     except ImportError as err:  # pragma: no cover - huggingface_hub is a hard requirement

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-import plotly.graph_objects as go
 import torch
 
 from ..device import module_device
@@ -273,6 +272,9 @@ def interpolate_latents(latents_a: torch.Tensor, latents_b: torch.Tensor, steps:
 def effect_bar_figure(effect: torch.Tensor, selected: Optional[int] = None,
                       title: str = "Effect of ablating each token", highlight: Sequence[int] = ()):
     """Plotly bar chart of per-token effects (mean |Δ| in pixel units)."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
+    import plotly.graph_objects as go
+
     vals = [float(v) for v in effect]
     n = len(vals)
     hl = set(int(i) for i in highlight)
@@ -290,6 +292,9 @@ def effect_bar_figure(effect: torch.Tensor, selected: Optional[int] = None,
 
 def sweep_figure(curves: dict[str, dict[str, list[float]]], title: str = "Keeping k tokens"):
     """Plotly line chart of error versus k for several orders (e.g. top-k, first-k)."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
+    import plotly.graph_objects as go
+
     fig = go.Figure()
     for name, c in curves.items():
         fig.add_trace(go.Scatter(x=c["k"], y=c["mae"], mode="lines+markers", name=name,

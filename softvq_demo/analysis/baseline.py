@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..data import textscenes as ts
 from .codec import encode
 
 DEFAULT_BASELINE = "mean"
@@ -97,8 +98,6 @@ def default_baseline(tok, mode: str = DEFAULT_BASELINE, count: int = BASELINE_IM
         hit = _cache.get(tok, {}).get(key)
     if hit is not None:
         return hit
-    from ..data import textscenes as ts
-
     seed_ = ts.split_seed(BASELINE_SPLIT, seed)
     size = int(tok.image_size)
     images = ts.to_tensor(ts.render_batch(seed_, range(int(count)), image_size=size)[0])

@@ -71,6 +71,7 @@ def posterior_figure(probs: torch.Tensor, num_codebooks: int = 1, top: int = 16,
                      title: str = "Soft posteriors: tokens × top codewords"):
     """Plotly heatmaps, one per codebook group: rows are the group's tokens, columns its ``top``
     codewords (by mass); hover shows token, codeword id, probability and the token's entropy."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -108,6 +109,7 @@ def posterior_figure(probs: torch.Tensor, num_codebooks: int = 1, top: int = 16,
 
 def entropy_figure(probs: torch.Tensor, title: str = "Per-token entropy and effective codewords"):
     """Plotly bars: entropy (bits) per token with the effective number of codewords on hover."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     stats = token_stats(probs)
@@ -179,6 +181,7 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int, num_codebooks: int
 
 def usage_figure(usage: Usage, title: Optional[str] = None):
     """Plotly bars of codeword usage (sorted by frequency), one trace per codebook."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -205,6 +208,7 @@ def usage_figure(usage: Usage, title: Optional[str] = None):
 def categorical_colorscale(num: int) -> list:
     """A stepped plotly colorscale giving categories 0..num-1 (as z values) distinct flat colours
     from a 24-colour qualitative palette (cycled past 24): ids are names, not quantities."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     from plotly.colors import qualitative
 
     palette = qualitative.Dark24
@@ -222,6 +226,7 @@ def indices_figure(indices: torch.Tensor, usage: Optional[Usage] = None,
     id and coloured by id on a categorical scale (equal ids share a colour, no order implied).
     With a dataset ``usage``, hover gives each token's codeword share **in its own codebook**
     (token n uses codebook n // (N/K))."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     if indices.dim() == 2:

@@ -170,6 +170,7 @@ def deletion_curves(tok, images: torch.Tensor, ranking, *, scorer=None,
 def deletion_figure(curves: dict, metric: str = "t_ned_drop", title: Optional[str] = None):
     """Lines with ±1 s.e. bands: top-k, random-k, bottom-k for one or more tokenizers
     (``curves`` = {name: DeletionCurves}); the caption names the images, baseline and protocol."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     if metric not in CURVE_METRICS:

@@ -91,6 +91,7 @@ def level_histogram(ids: torch.Tensor, levels: Sequence[int], *, bootstrap: int 
 
 def level_histogram_figure(hist: LevelHistogram, title: Optional[str] = None):
     """Plotly: one bar group per FSQ dimension, bars = share of tokens at each level value."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..data import textscenes as ts
 from .ablation import ablated_latents
 from .baseline import Baseline, resolve
 from .codec import decode, encode
@@ -57,8 +58,6 @@ def textscenes_set(image_size: int, count: int, *, split: str = "heldout", start
                    seed: int = 0) -> TextSet:
     """``count`` textscenes images (indices start..start+count-1 of ``split``) with their
     ground-truth boxes, rendered strings and box masks."""
-    from ..data import textscenes as ts
-
     ds = ts.TextScenes(split, size=start + count, image_size=image_size, seed=seed)
     samples = [ds.sample(i) for i in range(start, start + count)]
     boxes = [[tuple(float(v) for v in s.box)] for s in samples]
@@ -240,6 +239,7 @@ def importance_figure(results: dict, top: Optional[int] = None, level: float = 0
                       title: Optional[str] = None):
     """Ranked bars of mean ΔT-NED (or Δ in-box error without OCR) with CI error bars, and the
     concentration beside each bar (second axis); one trace pair per tokenizer."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     fig = go.Figure()

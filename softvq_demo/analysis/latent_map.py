@@ -7,14 +7,17 @@ PCA (instant, exact) or UMAP (slower, keeps neighbourhoods). Results are cached 
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
 import torch
 
 from ..cancel import raise_if_cancelled
@@ -93,17 +96,13 @@ def umap_2d(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, seed: i
     neighbours from scikit-learn (instead of pynndescent, whose JIT compile costs seconds); PCA
     initialisation (the spectral one took most of the 70 s of a 6,400-point map on 2 cores);
     ``n_epochs`` :func:`umap_epochs` (200)."""
-    import warnings
-
-    from sklearn.neighbors import NearestNeighbors
-
     x = np.asarray(x, np.float32)
     m = x.shape[0]
     if m < 4:
         return pca_2d(x)
     if x.shape[1] > 50 and m > 50:
         x = principal_projection(x, 50, seed).astype(np.float32)
-    import umap  # heavy import (numba): only when asked
+    import umap  # heavy: umap/numba take ~2 s to import (measured), only when a UMAP is asked for
 
     k = int(min(max(2, n_neighbors), m - 1))
     dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)   # includes each point itself
@@ -128,8 +127,6 @@ def warm_umap() -> float:
 def _cancellable_epochs() -> dict:
     """tqdm settings for UMAP's epoch loop (its one Python loop) whose hidden bar checks for
     cancellation each time it would redraw (every 0.2 s)."""
-    import io
-
     class CheckOnWrite(io.StringIO):
         raised = False
 
@@ -200,6 +197,7 @@ def scatter_figure(lm: LatentMap, color_by: str = "token", title: Optional[str] 
     Raises ValueError (a message for the user) for "token" on a pooled map (one point per image
     has no token) and for "class" without labels — never a silent fallback to another colouring.
     Classes get distinct colours from a 24-colour qualitative palette."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
     from plotly.colors import qualitative
 

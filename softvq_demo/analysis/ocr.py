@@ -25,9 +25,13 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
+from tqdm.auto import tqdm
 
 from ..cancel import raise_if_cancelled
+from ..data.images import load_image
+from ..data.textscenes import TextScenes
 
 DET_LIMIT_SIDE = 320     # rapidocr's own default (736) is 5-10x slower on 128 px images, no more accurate
 MIN_SCORE = 0.5
@@ -49,7 +53,7 @@ def get_engine():
     if _engine is None:
         with _engine_lock:
             if _engine is None:
-                try:
+                try:  # optional and heavy (onnxruntime, cv2): only when text is read
                     from rapidocr_onnxruntime import RapidOCR
                 except ImportError as err:
                     raise ImportError("OCR needs rapidocr-onnxruntime (pip install rapidocr-onnxruntime)") from err
@@ -63,8 +67,6 @@ def get_engine():
 
 def as_rgb_uint8(image) -> np.ndarray:
     """Any supported image → H×W×3 uint8 RGB array."""
-    from PIL import Image
-
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
         if t.dim() == 4:
@@ -89,7 +91,6 @@ def as_rgb_uint8(image) -> np.ndarray:
             f = f * 255.0 if f.max() <= 1.0 else f
             a = np.clip(np.round(f), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(a)
-    from ..data.images import load_image
     return np.asarray(load_image(image))
 
 
@@ -122,7 +123,6 @@ def read_strings(images: Iterable, progress: bool = False, desc: str = "OCR") ->
         images = list(images)
     images = list(images)
     if progress:
-        from tqdm.auto import tqdm
         images = tqdm(images, desc=desc, unit="img", leave=False)
     return [read_string(im) for im in images]
 
@@ -210,8 +210,6 @@ def compare(reconstruction, original) -> dict:
 
 def latency(n: int = 10, image_size: int = 128, seed: int = 0) -> dict:
     """Milliseconds per :func:`read_text` call on held-out textscenes images (engine warm)."""
-    from ..data.textscenes import TextScenes
-
     ds = TextScenes("heldout", size=max(n, 1), image_size=image_size, seed=seed)
     images = [ds.sample(i).image for i in range(n)]
     t0 = time.perf_counter()

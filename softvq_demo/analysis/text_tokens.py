@@ -306,6 +306,7 @@ def text_profile(tok, images: torch.Tensor, masks: torch.Tensor, mode: str = DEF
 # --------------------------------------------------------------------------- figures
 def text_effect_figure(res: TextTokenResult, title: str = "Token effect inside vs outside the text"):
     """Grouped bars (in / out) per token, plus OCR similarity after ablation when available."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     n = res.num_tokens
@@ -332,6 +333,7 @@ def text_effect_figure(res: TextTokenResult, title: str = "Token effect inside v
 
 def profile_figure(profiles: dict[str, TextProfile], title: Optional[str] = None):
     """Mean text concentration per token index for one or more tokenizers (side by side)."""
+    # plotly only for figures: analysis/ imports without it (the GPU machines have none)
     import plotly.graph_objects as go
 
     fig = go.Figure()

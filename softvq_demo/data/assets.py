@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from PIL import Image, ImageFont
+
 # The font packages whose fonts only textscenes v2's held-out split uses (the bank marks them).
 RESERVED_FONT_PACKAGES: tuple[str, ...] = ("fonts-urw-base35", "fonts-ebgaramond", "fonts-comic-neue",
                                            "fonts-cantarell")
@@ -76,13 +78,12 @@ def load_manifest(folder: os.PathLike) -> dict:
 # ------------------------------------------------------------------------------------ build
 def _has_chars(path: Path) -> bool:
     """Whether the font maps every character textscenes renders (symbol fonts do not)."""
-    try:
+    try:  # optional: fontTools is not installed everywhere (PIL's glyph check below instead)
         from fontTools.ttLib import TTFont
         with TTFont(str(path), lazy=True, fontNumber=0) as f:
             cmap = f.getBestCmap() or {}
         return all(ord(c) in cmap for c in REQUIRED_CHARS)
     except ImportError:
-        from PIL import ImageFont
         font = ImageFont.truetype(str(path), 24)
         # a missing glyph renders as the same .notdef box for two different letters
         return font.getmask("Q").getbbox() != font.getmask("\u0378").getbbox()
@@ -92,7 +93,7 @@ def _has_chars(path: Path) -> bool:
 
 def _subset(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` keeping printable ASCII only (layout tables kept), or as is."""
-    try:
+    try:  # optional: fontTools (without it the font is copied whole)
         from fontTools import subset
     except ImportError:
         shutil.copyfile(src, dst)
@@ -124,7 +125,6 @@ def _pick_fonts(files: list[Path], limit: int) -> list[Path]:
 
 
 def _save_image(src: Path, dst: Path) -> None:
-    from PIL import Image
     im = Image.open(src).convert("RGB")
     k = PHOTO_SIDE / min(im.size)
     if k < 1:

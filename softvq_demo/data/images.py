@@ -184,7 +184,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0 if hi > 255 or lo < 0 else arr
         return Image.fromarray(np.round(np.clip(np.nan_to_num(arr), 0, 255)).astype(np.uint8)).convert("RGB")
     if mode == "CMYK" and img.info.get("icc_profile"):
-        try:
+        try:  # optional: PIL may be built without littlecms; the plain conversion below then
             from PIL import ImageCms
             src = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
             return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")

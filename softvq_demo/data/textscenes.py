@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import skimage.data as sd
 from PIL import Image, ImageDraw, ImageFont
 
 CLASS_WORDS: tuple[str, ...] = ("cat", "dog", "sun", "fish", "star", "tree", "moon", "bike", "lamp",
@@ -150,8 +151,6 @@ def _min_font_size(index: int, cap_px: int) -> int:
 
 
 def _load_photo(name: str) -> np.ndarray:
-    import skimage.data as sd
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "motorcycle":

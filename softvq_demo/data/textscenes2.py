@@ -154,7 +154,7 @@ class Bank:
         out = {"train": [], "heldout": []}
         for name, im, _ in v1._photo_bank():  # the scikit-image photographs
             out["heldout" if f"skimage:{name}" in HELDOUT_PHOTOS else "train"].append((f"skimage:{name}", im))
-        try:
+        try:  # optional and heavy: sklearn.datasets takes ~2.5 s to import (measured)
             import sklearn.datasets as skd
             for path in skd.load_sample_images().filenames:
                 name = f"sklearn:{Path(path).stem}"

@@ -28,6 +28,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from ..device import module_device, resolve_device
 
 FeatureFn = Callable[[torch.Tensor], Union[torch.Tensor, tuple]]
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -83,6 +86,7 @@ def inception_weights(download: bool = True) -> Path:
 
 def inception(device: Union[str, torch.device] = "cpu", download: bool = True) -> FeatureFn:
     """uint8 B×3×H×W → (pool 2048-d, logits 1008) through torch-fidelity's InceptionV3."""
+    # optional: torch-fidelity may be missing (the cli then prints "FID not computed")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
@@ -95,8 +99,6 @@ def inception(device: Union[str, torch.device] = "cpu", download: bool = True) -
 def features(images: np.ndarray, net: FeatureFn, batch_size: int = 200,
              device: Union[str, torch.device] = "cpu", progress: bool = False) -> dict[str, np.ndarray]:
     """``pool`` (and ``logits`` when the network gives them) as float64 arrays, in image order."""
-    from tqdm.auto import tqdm
-
     pools, logits = [], []
     for i in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2).to(device)
@@ -121,6 +123,7 @@ def statistics(pool: np.ndarray) -> dict[str, np.ndarray]:
 
 def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     """torch-fidelity's Fréchet distance between two {mu, sigma} (float64)."""
+    # optional: torch-fidelity (see inception)
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
     s1 = {k: np.asarray(stats_1[k], dtype=np.float64) for k in ("mu", "sigma")}
@@ -129,6 +132,7 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
 
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    # optional: torch-fidelity (see inception)
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
     m = isc_features_to_metric(torch.from_numpy(np.asarray(logits)).float(), splits=splits)
@@ -136,6 +140,7 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
 
 
 def precision_recall(generated: np.ndarray, reference: np.ndarray, k: int = 3) -> tuple[float, float]:
+    # optional: torch-fidelity (see inception)
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
     return calculate_precision_recall_part(torch.from_numpy(generated).float(),
@@ -148,8 +153,6 @@ def compare(samples, reference, *, net: Optional[FeatureFn] = None, device=None,
     """FID (and IS, precision/recall where the network gives logits / both sides have images)
     of ``samples`` (.npz path or N×H×W×3 uint8) against ``reference`` (.npz with ``arr_0``; an
     ADM reference batch also carries its own TF ``mu``/``sigma``, reported as ``fid_adm_stats``)."""
-    from ..device import module_device, resolve_device
-
     if net is not None and device is None and isinstance(net, torch.nn.Module):
         dev = module_device(net)          # a given network runs where it lives
     else:

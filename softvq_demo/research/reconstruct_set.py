@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..analysis import metrics, ocr
+from ..data.images import load_image
+from ..device import autocast, module_device
+from ..sampling.fast import fast_enabled, fast_tokenizer
 from .sample_set import _all_reduce, to_uint8_nhwc
 from .shards import (Dist, check_settings, chunks, join_shards, my_chunks, shard_path, write_npz,
                      write_settings)
@@ -82,9 +87,6 @@ def read_boxes(path) -> dict[str, list]:
 
 
 def _reconstruct(tok, x: torch.Tensor, fast: Optional[bool]) -> torch.Tensor:
-    from ..device import autocast, module_device
-    from ..sampling.fast import fast_enabled, fast_tokenizer
-
     device = module_device(tok)
     model = fast_tokenizer(tok) if fast_enabled(device, fast) else tok
     with torch.no_grad(), autocast(device):
@@ -96,19 +98,11 @@ def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
                     sources: Optional[dict] = None, progress: bool = True, workers: int = 8) -> dict:
     """This rank's share of the folder; rank 0 joins the chunks and the metrics. ``workers``
     threads decode and crop the images (JPEG decoding, not the GPU, sets the pace otherwise)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..analysis import metrics
-    from ..data.images import load_image
-    from ..sampling.fast import fast_enabled
-
     files = list_images(folder)
     box_map = read_boxes(boxes) if boxes else {}
     unknown = sorted(set(box_map) - set(files))
     if unknown:
         raise ValueError(f"--boxes names {len(unknown)} file(s) not in the folder, e.g. {unknown[0]}")
-    if box_map:
-        from ..analysis import ocr
     out = Path(out)
     size = int(tokenizer.image_size)
     n = len(files)
@@ -170,7 +164,6 @@ def reconstruct_set(tokenizer, folder, out, *, dist: Dist, batch_size: int = 64,
         summary.update(psnr=float(finite.mean()) if finite.size else float("inf"),
                        ssim=float(a["ssim"].mean()))
         if box_map:
-            from ..analysis import ocr
             m = ocr.text_metrics(list(a["box_pred"]), list(a["box_ref"]))
             summary.update(t_acc=m["t_acc"], t_ned=m["t_ned"], box_pairs=m["n"],
                            boxes_without_text=m["n_skipped"])

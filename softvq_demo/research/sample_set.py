@@ -22,8 +22,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as tdist
+from PIL import Image
 from tqdm.auto import tqdm
 
+from ..sampling import check_pair, generate, pair_warning, policy, sit_defaults
 from .shards import (Dist, check_settings, chunks, index_generator, join_shards, my_chunks, shard_path,
                      write_npz, write_settings)
 
@@ -55,8 +58,6 @@ def output_name(n: int, size: int) -> str:
 
 
 def resolved_options(generator, options: dict) -> dict:
-    from ..sampling import sit_defaults
-
     if generator.family == "sit":
         return {**sit_defaults(generator), "path": generator.path_type, **options}
     gcfg = getattr(generator, "config", {}).get("model", {}).get("generator", {})
@@ -70,7 +71,6 @@ def resolved_options(generator, options: dict) -> dict:
 def _all_reduce(dist: Dist, values: list[float], op: str) -> list[float]:
     if not dist.initialized:
         return values
-    import torch.distributed as tdist
     t = torch.tensor(values, dtype=torch.float64, device=dist.device)
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM if op == "sum" else tdist.ReduceOp.MAX)
     return t.tolist()
@@ -83,8 +83,6 @@ def sample_set(generator, tokenizer, n: int, out, *, dist: Dist, seed: int = 0, 
     """Sample this rank's share of ``n`` images into ``out``; rank 0 joins them into the ``.npz``.
 
     Returns the summary written to ``out/settings.json`` (rank 0; other ranks get theirs)."""
-    from ..sampling import check_pair, generate, pair_warning, policy
-
     check_pair(tokenizer, generator)
     if labels not in LABEL_MODES:
         raise ValueError(f"--labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
@@ -123,7 +121,6 @@ def sample_set(generator, tokenizer, n: int, out, *, dist: Dist, seed: int = 0, 
         write_npz(shard_path(out, start, stop), images=images, labels=y.numpy(),
                   indices=np.arange(start, stop, dtype=np.int64))
         if png:
-            from PIL import Image
             (out / "png").mkdir(parents=True, exist_ok=True)
             for i, img in zip(idx, images):
                 Image.fromarray(img).save(out / "png" / f"{i:06d}.png")

@@ -23,6 +23,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+import torch.distributed as tdist
+
+from ..device import resolve_device
 
 SETTINGS_FILE = "settings.json"
 SHARDS_DIR = "shards"
@@ -55,16 +58,14 @@ class Dist:
 
     def barrier(self) -> None:
         if self.initialized:
-            import torch.distributed as dist
-            if dist.get_backend() == "nccl":
-                dist.barrier(device_ids=[self.device.index or 0])
+            if tdist.get_backend() == "nccl":
+                tdist.barrier(device_ids=[self.device.index or 0])
             else:
-                dist.barrier()
+                tdist.barrier()
 
     def close(self) -> None:
         if self.initialized:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+            tdist.destroy_process_group()
 
 
 def init_dist(device: Optional[str] = None) -> Dist:
@@ -72,8 +73,6 @@ def init_dist(device: Optional[str] = None) -> Dist:
 
     On CUDA each rank takes ``cuda:LOCAL_RANK`` and the group talks NCCL; on the CPU, gloo. The
     collectives are only barriers: every rank writes its own chunks to the shared folder."""
-    from ..device import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -86,9 +85,8 @@ def init_dist(device: Optional[str] = None) -> Dist:
         torch.cuda.set_device(dev)
     initialized = False
     if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         initialized = True
     return Dist(rank, world, local, dev, initialized)
 

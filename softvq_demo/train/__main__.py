@@ -20,6 +20,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+import torch
+
+from .common import cleanup_distributed, setup_distributed
+from .generator import train_generator
+from .tokenizer import train_tokenizer
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
@@ -106,20 +112,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.minutes and not args.steps:
         raise SystemExit("give --minutes and/or --steps")
-    import torch
-
-    from .common import cleanup_distributed, setup_distributed
-
     if args.threads:
         torch.set_num_threads(args.threads)
     d = setup_distributed(args.device)
     torch.manual_seed(args.seed + 1000 * d.rank)
     try:
         if args.command == "tokenizer":
-            from .tokenizer import train_tokenizer
             train_tokenizer(args, d)
         else:
-            from .generator import train_generator
             train_generator(args, d)
     finally:
         cleanup_distributed()

@@ -24,7 +24,12 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as torch_dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.textscenes2 import TextScenes2, warm_cache
+from ..device import autocast as _autocast
 
 STATE_DIR = "train_state"
 
@@ -100,7 +105,6 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def autocast(device: torch.device):
-    from ..device import autocast as _autocast
     return _autocast(device)
 
 
@@ -110,7 +114,6 @@ class _RenderSet(torch.utils.data.Dataset):
     (the class id in ``mode="class"``, -1 in the open-vocabulary ``mode="open"``)."""
 
     def __init__(self, image_size: int, seed: int, split: str = "train", mode: str = "open"):
-        from ..data.textscenes2 import TextScenes2
         self.ds = TextScenes2(split, image_size=image_size, seed=seed, mode=mode)
 
     def __len__(self) -> int:
@@ -142,7 +145,6 @@ class RenderStream:
 
     def __init__(self, image_size: int, batch_size: int, workers: int, d: Dist, *, start: int = 0,
                  seed: int = 0, queue_size: int = 64, mode: str = "open"):
-        from ..data.textscenes2 import warm_cache
         warm_cache(image_size)  # decode photos, measure fonts once; forked workers inherit the cache
         self.batch_size = batch_size
         self.consumed = start  # samples of this rank handed to the trainer
@@ -349,8 +351,6 @@ def save_train_state(folder: Path, trainer: nn.Module, ema: Optional[EMA], opt: 
                      state: dict[str, Any]) -> Path:
     """``folder``/{trainer,ema,optimizer}.safetensors + state.json (written atomically enough:
     temp names, then renamed)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = _flatten_optimizer(opt)
@@ -367,8 +367,6 @@ def save_train_state(folder: Path, trainer: nn.Module, ema: Optional[EMA], opt: 
 
 def load_train_state(folder: Path, trainer: nn.Module, ema: Optional[EMA],
                      opt: Optional[torch.optim.Optimizer]) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if (folder / STATE_DIR / "state.json").is_file():
         folder = folder / STATE_DIR
@@ -399,7 +397,6 @@ class Logger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bar = None
         if d.is_main and progress:
-            from tqdm.auto import tqdm
             tty = sys.stderr.isatty()
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                             mininterval=0.5 if tty else 30.0, file=sys.stderr)

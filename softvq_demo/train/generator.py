@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..data.textscenes2 import CLASS_WORDS
 from ..loading import load_generator, load_tokenizer, save_pretrained
 from ..models import build_model
 from .common import Dist, autocast
@@ -148,8 +149,6 @@ def build_generator(args: argparse.Namespace, tok: nn.Module, class_names: list[
 
 
 def train_generator(args: argparse.Namespace, d: Dist) -> dict:
-    from ..data.textscenes2 import CLASS_WORDS
-
     tok = load_tokenizer(args.tokenizer, device=d.device)
     class_names = list(CLASS_WORDS)
     model = build_generator(args, tok, class_names)

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .common import (EMA, STATE_DIR, Dist, GPUReplay, LossMeter, Logger, RenderStream, autocast,
                      broadcast_flag, broadcast_float, feed, load_train_state, lr_at, make_optimizer, save_train_state,
@@ -71,7 +72,6 @@ def fit(trainer: Trainer, args: argparse.Namespace, d: Dist, *, image_size: int,
         trainer.enable_compile()
     model_for_step: nn.Module = trainer
     if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         model_for_step = DDP(trainer, device_ids=[device.index] if device.type == "cuda" else None,
                              find_unused_parameters=True)
 

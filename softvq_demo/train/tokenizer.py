@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.textscenes2 import TextScenes2
 from ..loading import load_tokenizer, save_pretrained
 from ..models import build_model
-from .common import Dist, all_reduce_mean, broadcast_flag
+from .common import Dist, all_reduce_mean, autocast, broadcast_flag
 from .losses import reconstruction_loss, soft_vq_entropy_loss, vq_losses
 from .loop import Trainer, fit
 
@@ -186,7 +188,6 @@ class TiTokTrainer(Trainer):
             new = self.recent[pick] + 0.01 * torch.randn_like(self.recent[pick])
             weight.data[dead] = new.to(weight.dtype)
             if d.enabled:
-                import torch.distributed as torch_dist
                 torch_dist.broadcast(weight.data, 0)
             restarted = int(dead.numel())
         self.usage.zero_()
@@ -197,9 +198,6 @@ class TiTokTrainer(Trainer):
 @torch.no_grad()
 def heldout_psnr(model: nn.Module, n: int, device: torch.device, image_size: int) -> dict[str, float]:
     """PSNR (whole image and inside the text mask) on the first ``n`` held-out textscenes images."""
-    from ..data.textscenes2 import TextScenes2
-    from .common import autocast
-
     ds = TextScenes2("heldout", image_size=image_size)
     model.eval()
     mse_all, mse_text, total = 0.0, 0.0, 0
@@ -221,8 +219,6 @@ def heldout_psnr(model: nn.Module, n: int, device: torch.device, image_size: int
 @torch.no_grad()
 def latent_stats(model: nn.Module, images_u8: torch.Tensor, device: torch.device) -> tuple[float, float]:
     """Scalar mean/std of the quantized latents (vq_mean / vq_std for the generator)."""
-    from .common import autocast
-
     model.eval()
     s, s2, n = 0.0, 0.0, 0
     for start in range(0, images_u8.shape[0], 256):

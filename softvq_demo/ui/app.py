@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Optional, Sequence
 
 import gradio as gr
+import numpy as np
 import torch
 
+from ..analysis.latent_map import umap_2d
+from ..catalogue import CATALOGUE, embedded_available, find_entry
+from ..loading import CheckpointError
+from ..sampling import policy
 from . import tab_codebook, tab_generate, tab_latent, tab_reconstruct, tab_text, tab_tokens
 from .cache import atomic_image_cache
 from .common import ON_SPACES, Ctx, guard_files, guard_numbers, handler, list_examples
-from ..catalogue import CATALOGUE, embedded_available, find_entry
-from ..loading import CheckpointError
 from .guard import install as install_guard, launch_settings as guard_launch_settings, scrub_paths
 from .manager import ModelManager, is_offline
+from .tab_generate import sampler_defaults
 
 log = logging.getLogger("softvq_demo.ui")
 
@@ -173,8 +179,6 @@ def cache_policy() -> Optional[tuple[int, int]]:
     than SOFTVQ_CACHE_TTL seconds (default 3600; 0 keeps them until the server stops) are deleted,
     checked every TTL/4 s (at most 600). Without this a public app's cache only ever grows. The TTL
     must exceed the longest wait in the queue: an upload is read when its request runs."""
-    import os
-
     try:
         ttl = int(float(os.environ.get("SOFTVQ_CACHE_TTL", 3600)))
     except ValueError:
@@ -187,17 +191,11 @@ def cache_policy() -> Optional[tuple[int, int]]:
 def warm_up_umap() -> None:
     """Compile UMAP's numba kernels in the background (≈10 s once per process), so the first
     latent map a user asks for is not the one that pays for it. SOFTVQ_NO_WARMUP=1 disables it."""
-    import os
-    import threading
-
     if os.environ.get("SOFTVQ_NO_WARMUP"):
         return
 
     def run():
-        try:
-            import numpy as np
-
-            from ..analysis.latent_map import umap_2d
+        try:  # umap itself is imported inside umap_2d (heavy optional)
             umap_2d(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32), n_neighbors=8)
         except Exception as err:  # optional: never block the app
             log.info("UMAP warm-up skipped: %s", err)
@@ -209,11 +207,6 @@ def warm_up_generate(manager: ModelManager) -> list:
     """On a GPU, warm the fast path in the background for each loaded generator at the Generate
     tab's starting settings, so the first click is not the one that compiles; clicks before it
     is ready run the reference sampler (sampling.policy). SOFTVQ_NO_WARMUP=1 disables it."""
-    import os
-
-    from ..sampling import policy
-    from .tab_generate import sampler_defaults
-
     if os.environ.get("SOFTVQ_NO_WARMUP") or manager.device.type != "cuda":
         return []
     threads = []

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import gradio as gr
+from gradio.utils import NamedString
+from gradio_client import utils as client_utils
 
 from ..loading import CheckpointError
 from ..sampling.oom import is_out_of_memory, release_memory
-from .inputs import InputError, check_number
+from ..sampling.settings import decode_options, decode_settings
+from .inputs import InputError, check_number, parse_int
 from .manager import ModelManager
 
 log = logging.getLogger("softvq_demo.ui")
@@ -22,7 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 # --------------------------------------------------------------------------- ZeroGPU
-try:  # Hugging Face ZeroGPU Spaces: functions that use the GPU are decorated with spaces.GPU
+try:  # optional, ZeroGPU Spaces only: functions that use the GPU are decorated with spaces.GPU
     import spaces  # type: ignore
 
     def gpu(fn=None, *, duration: int = 60):
@@ -157,9 +161,6 @@ def guard_files(blocks: gr.Blocks) -> int:
     for every file of every request and never uses or deletes it (nor does ``delete_cache``, which
     only knows the files it handed out): 160 empty files after the load test. This keeps gradio's
     file-type check and returns the uploaded path, as gradio does, without that file."""
-    from gradio.utils import NamedString
-    from gradio_client import utils as client_utils
-
     count = 0
     for comp in blocks.blocks.values():
         if not isinstance(comp, gr.File) or comp.type != "filepath" or \
@@ -189,17 +190,12 @@ def seeded(fn: Callable) -> Callable:
     """``fn`` taking one more input: the decode seed, after its regular inputs (before a
     ``gr.Progress`` parameter, whose place gradio finds from the signature), in effect while ``fn``
     runs."""
-    import inspect
-
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())
     at = next((i for i, p in enumerate(params) if isinstance(p.default, gr.Progress)), len(params))
     seed_param = inspect.Parameter("decode_seed", inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
     def wrapper(*args, **kwargs):
-        from ..sampling.settings import decode_options
-        from .inputs import parse_int
-
         args = list(args)
         seed = args.pop(at) if len(args) > at else kwargs.pop("decode_seed", 0)
         seed = parse_int(seed if seed is not None else 0, "decode seed", 0, DECODE_SEED_MAX)
@@ -216,8 +212,6 @@ def decode_note(tok) -> str:
     """How a stochastic decoder drew this reconstruction ("" for deterministic decoders)."""
     if not getattr(tok, "stochastic_decode", False):
         return ""
-    from ..sampling.settings import decode_settings
-
     o = decode_settings()
     guidance = "no guidance" if o["guidance_scale"] == 1 else \
         f"guidance {o['guidance_scale']:g}" + (" (APG)" if o["apg"] else " (CFG)")

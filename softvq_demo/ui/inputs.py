@@ -10,12 +10,17 @@ import ctypes
 import os
 import re
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..cancel import raise_if_cancelled
+from ..data import images as di
 
 MAX_BATCH = 256              # uploaded image batches
 MAX_TOKEN_TEXT = 2_000       # characters in a token list ("0, 3, 5-7")
@@ -31,8 +36,6 @@ FIT_MODES = ("center-crop", "pad", "stretch")
 
 def load_image(src) -> Image.Image:
     """A path / PIL image / array → validated RGB PIL image (raises InputError)."""
-    from ..data import images as di
-
     if src is None or (isinstance(src, str) and not src.strip()):
         raise InputError("no image given: upload one or pick an example")
     try:
@@ -57,12 +60,8 @@ def _name(src) -> str:
 def decode_cost(src) -> int:
     """Peak bytes decoding ``src`` into an RGB image takes, from its header (0 when not a file or
     its header is unreadable: load_image then refuses it before decoding)."""
-    from ..data import images as di
-
     if not isinstance(src, (str, os.PathLike)):
         return 0
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -97,12 +96,9 @@ class MemoryBudget:
             raise InputError(f"{what}: too large to decode: it would take {nbytes / 1e6:.0f} MB of memory "
                              f"(limit {min(self.per_item, self.total) / 1e6:.0f} MB): use a smaller "
                              "or 8-bit image")
-        from ..cancel import raise_if_cancelled
-
         with self._cond:
             deadline = None
             while self.used + nbytes > self.total:
-                import time
                 deadline = deadline or time.monotonic() + self.wait_s
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -149,8 +145,6 @@ IMAGE_MEMORY = MemoryBudget(total=int(float(os.environ.get("SOFTVQ_IMAGE_MEMORY_
 
 def to_model_input(img: Image.Image, size: int, mode: str = "center-crop") -> tuple[torch.Tensor, str]:
     """RGB PIL → (1×3×size×size tensor in [-1, 1], how it was resized/cropped)."""
-    from ..data import images as di
-
     if mode not in FIT_MODES:
         raise InputError(f"resize mode {mode!r}: use one of {', '.join(FIT_MODES)}")
     t, desc = di.to_model_input(img, size, mode=mode)
@@ -192,7 +186,6 @@ def load_batch(paths: Sequence[str], size: int, limit: int = MAX_BATCH
     paths = list(dict.fromkeys(paths))   # the same file listed twice is read once
     ims, names, skipped = [], [], []
     for p in paths:
-        from ..cancel import raise_if_cancelled
         raise_if_cancelled()
         try:
             ims.append(model_image(p, size)[0])

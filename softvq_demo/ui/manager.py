@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 
 from ..analysis.latent_map import LRUCache
+from ..catalogue import find_entry
+from ..convert import find_release, is_converted
+from ..device import resolve_device
+from ..loading import load_generator, load_tokenizer
+from ..sampling import check_pair
 
 log = logging.getLogger("softvq_demo.ui")
 
@@ -39,8 +45,6 @@ class ModelManager:
     """Shared model store. ``load`` is serialised by a lock; lookups are lock-free reads."""
 
     def __init__(self, device: Optional[str] = None, dtype: Optional[torch.dtype] = None):
-        from ..device import resolve_device
-
         self.device = resolve_device(device)
         self.dtype = dtype
         self._models: dict[str, Loaded] = {}
@@ -52,9 +56,6 @@ class ModelManager:
     def load(self, source: str, kind: str, *, allow_local: bool = True, name: Optional[str] = None,
              progress: Optional[Callable[[float, str], None]] = None) -> Loaded:
         """Load (or return the already-loaded) model. ``allow_local=False`` for browser requests."""
-        from .. import load_generator, load_tokenizer
-        from ..catalogue import find_entry
-
         source = str(source).strip()
         if not source:
             raise ValueError("no model name given")
@@ -127,9 +128,6 @@ class ModelManager:
 
     def pair_tokenizer(self, gen_name: str) -> Optional[str]:
         """A loaded tokenizer this generator can feed: the catalogue pair first, then any match."""
-        from ..catalogue import find_entry
-        from ..sampling import check_pair
-
         gen = self.generator(gen_name)
         entry = find_entry(gen_name)
         if entry is not None and entry.pair in self._models:
@@ -165,11 +163,9 @@ def _short(source: str) -> str:
 def _in_hub_cache(repo_id: Optional[str]) -> bool:
     if not repo_id:
         return False
-    from ..convert import find_release, is_converted
     if find_release(repo_id) is not None:  # a pickle release: its converted copy is what loads
         return is_converted(find_release(repo_id))
     try:
-        from huggingface_hub import try_to_load_from_cache
         res = try_to_load_from_cache(repo_id, "config.json")
         return isinstance(res, str)
     except Exception:

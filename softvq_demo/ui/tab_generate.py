@@ -18,7 +18,7 @@ ALL_SAMPLER_CHOICES = list(SIT["method"].choices) + list(MASKGIT["guidance_decay
 
 @functools.lru_cache(maxsize=1)
 def imagenet_names() -> list[str]:
-    try:
+    try:  # inside the fallback: a timm without ImageNetInfo gives no names, not a failed start
         from timm.data import ImageNetInfo
         info = ImageNetInfo()
         return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]

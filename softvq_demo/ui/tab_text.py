@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -75,9 +77,6 @@ def textscenes_sample(ctx: Ctx, tok_name: str, index):
 def sample_png(name: str, render) -> str:
     """A PNG rendered once per name in one temp folder (one file per sample and size, however
     many requests ask for it; written atomically, so concurrent requests never see half a file)."""
-    import tempfile
-    from pathlib import Path
-
     folder = Path(tempfile.gettempdir()) / "softvq-textscenes"
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.png"

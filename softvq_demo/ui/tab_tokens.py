@@ -12,6 +12,7 @@ from ..analysis.baseline import default_baseline
 from ..analysis.codec import decode, encode
 from ..analysis.pictures import colorize, map_grid, number_cells, show, upscale_to, with_colorbar
 from ..analysis.prefix import prefix_strip
+from ..sampling.settings import decode_settings
 from .common import Ctx, decode_note, event, handler, image_input, seeded
 from .inputs import InputError, model_image, parse_choice, parse_int, parse_token_list
 
@@ -22,7 +23,7 @@ def prepare(ctx: Ctx, state: dict, image_a, image_b, tok_name: str, mode: str, s
     """Encode A (and B), ablate every token of A; reuses the user's state when nothing changed."""
     mode = parse_choice(mode, "replacement", MODES)
     seed = parse_int(seed if seed is not None else 0, "seed", 0, 2**31 - 1)
-    from ..sampling.settings import decode_settings   # a stochastic decoder's seed is in the key
+    # a stochastic decoder's seed is in the key
     key = (str(image_a), str(image_b), tok_name, mode, seed, str(decode_settings()))
     if state and state.get("key") == key:
         return state
