@@ -7,7 +7,7 @@ Sampling lives in ``softvq_demo/sampling/flow.py``, not here.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch

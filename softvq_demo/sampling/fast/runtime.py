@@ -7,6 +7,7 @@ know nothing about any model family.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import threading
 import types
@@ -44,11 +45,7 @@ def compile_enabled(device: torch.device, compile: Optional[bool] = None) -> boo
         return bool(compile)
     if device.type != "cuda" or not _env_on("SOFTVQ_COMPILE"):
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("triton") is not None   # torch.compile's GPU backend
 
 
 def graphs_enabled(device: torch.device, graphs: Optional[bool] = None) -> bool:
