@@ -33,6 +33,16 @@ def clock_and_power_log(out: Optional[Path], every_ms: int = 500) -> Iterator[No
             proc.terminate()
 
 
+def speedups(index: dict, base: tuple, row: dict, seconds: str) -> tuple[str, str]:
+    """The "x naive" and "x official" cells of a row: the time of the same case under those
+    configurations over this row's time ("-" where that configuration did not run)."""
+    cells = []
+    for config, digits in (("naive", 1), ("official", 2)):
+        other = index.get(base + (config,))
+        cells.append(f"{other[seconds] / row[seconds]:.{digits}f}" if other else "-")
+    return cells[0], cells[1]
+
+
 def markdown_report(bench) -> str:
     """The benchmark's results as markdown tables (``bench``: a finished ``bench.gpu.Bench``)."""
     lines = []
@@ -51,9 +61,7 @@ def markdown_report(bench) -> str:
         for r in sorted(bench.sit, key=lambda r: (r["px"], r["tokens"], r["batch"], r["setting"],
                                                  CONFIGS.index(r["config"]))):
             base = (r["net"], r["batch"], r["setting"])
-            nv, of = index.get(base + ("naive",)), index.get(base + ("official",))
-            xn = f"{nv['total_s'] / r['total_s']:.1f}" if nv else "-"
-            xo = f"{of['total_s'] / r['total_s']:.2f}" if of else "-"
+            xn, xo = speedups(index, base, r, "total_s")
             add(f"| {r['px']} | {r['kind']} {r['tokens']}x{r['dim']} | {r['batch']} | {r['setting']} "
                 f"| {r['config']} | {r['images_per_s']:.2f} | {r['ms_per_step']:.2f} | {r['tflops']:.0f} "
                 f"| {100 * r['frac_peak']:.0f} | {xn} | {xo} | {r['how']}{'; ' + r['note'] if r['note'] else ''} |")
@@ -81,9 +89,7 @@ def markdown_report(bench) -> str:
         index = {(r["model"], r["op"], r["batch"], r["config"]): r for r in bench.toks}
         for r in bench.toks:
             base = (r["model"], r["op"], r["batch"])
-            nv, of = index.get(base + ("naive",)), index.get(base + ("official",))
-            xn = f"{nv['seconds'] / r['seconds']:.1f}" if nv else "-"
-            xo = f"{of['seconds'] / r['seconds']:.2f}" if of else "-"
+            xn, xo = speedups(index, base, r, "seconds")
             add(f"| {r['model']} | {r['op']} | {r['batch']} | {r['config']} | {r['images_per_s']:.1f} "
                 f"| {r['ms']:.2f} | {r['tflops']:.0f} | {100 * r['frac_peak']:.0f} | {xn} | {xo} "
                 f"| {r['gflop_per_image']:.0f} |")
