@@ -94,9 +94,7 @@ class SiTTrainer(Trainer):
     data_mode = "class"
 
     def __init__(self, model: nn.Module, args: argparse.Namespace):
-        super().__init__()
-        self.model = model
-        self.args = args
+        super().__init__(model, args)
         model.pos_embed.requires_grad_(False)  # frozen sin-cos table, as in SiT
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,11 +105,6 @@ class SiTTrainer(Trainer):
 class MaskGITTrainer(Trainer):
     compile_targets = ("",)
     data_mode = "class"
-
-    def __init__(self, model: nn.Module, args: argparse.Namespace):
-        super().__init__()
-        self.model = model
-        self.args = args
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return masked_token_loss(self.fast(), batch["tokens"], batch["label"], mask_id=self.model.mask_token_id,

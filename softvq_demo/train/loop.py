@@ -26,6 +26,11 @@ class Trainer(nn.Module):
     compile_targets: tuple[str, ...] = ()   # submodules of ``model`` that --compile compiles
     data_mode: str = "open"                 # textscenes v2 mode: "open" text or one "class" word
 
+    def __init__(self, model: nn.Module, args: argparse.Namespace):
+        super().__init__()
+        self.model = model
+        self.args = args
+
     def enable_compile(self) -> None:
         """torch.compile the heavy submodules; kept outside the module tree (plain dict), so state
         dicts, EMA copies and exports never see compiled wrappers."""

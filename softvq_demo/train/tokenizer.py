@@ -107,9 +107,7 @@ class SoftVQTrainer(Trainer):
     compile_targets = ("encoder", "decoder")
 
     def __init__(self, model: nn.Module, args: argparse.Namespace):
-        super().__init__()
-        self.model = model
-        self.args = args
+        super().__init__(model, args)
         # The decoder ViT's patch embedding exists (official layout) but is never used.
         model.decoder.model.patch_embed.requires_grad_(False)
 
@@ -136,9 +134,7 @@ class TiTokTrainer(Trainer):
     compile_targets = ("encoder", "decoder")
 
     def __init__(self, model: nn.Module, args: argparse.Namespace):
-        super().__init__()
-        self.model = model
-        self.args = args
+        super().__init__(model, args)
         v = model.codebook_size
         self.register_buffer("usage", torch.zeros(v), persistent=False)
         self.recent: Optional[torch.Tensor] = None
