@@ -5,7 +5,7 @@ truncated weights and a generator folder whose weights do not match its config) 
 Every bad input goes through the real endpoints (gradio_client, or raw HTTP where the client
 cannot encode the value, e.g. NaN), must come back as a readable message, and the next valid
 request must return the right result. Then 16 concurrent clients over every tab (no errors, no
-cross-user leakage, p95 latency, server RSS over 500 requests, temp files), and the faults: a
+cross-user leakage, p95 latency, server RSS over N_REQUESTS requests, temp files), and the faults: a
 model that fails to load, and CUDA out-of-memory during generation (injected on CPU).
 
 Figures are printed (``pytest -s``) and recorded as junit properties; docs/reliability.md has them.
@@ -31,7 +31,7 @@ from hostile_inputs import (assert_clear, bad_images, client_image, image_files,
                             upload_file)
 
 N_CLIENTS = 16
-N_REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", 256))   # 500 for the documented runs
+N_REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", 128))   # 500 for the documented runs
 CACHE_TTL = int(os.environ.get("RELIABILITY_CACHE_TTL", 30))   # SOFTVQ_CACHE_TTL of the server (s)
 
 pytestmark = [needs_embedded, pytest.mark.slow]  # one live server for the module
@@ -178,7 +178,7 @@ def numeric_fields(img) -> list[tuple[str, list, int, str]]:
                ("text_tokens", [img, SV, "none", "1,1,40,40", "zero", 2, False] + seed, 5,
                 "text tokens"),
                ("textscenes_sample", [SV, 2], 1, "textscenes sample"),
-               ("text_profile", [SV, "none", 2, "zero"] + seed, 2, "textscenes images")])
+               ("text_profile", [SV, "none", 1, "zero"] + seed, 2, "textscenes images")])
 
 
 BAD_NUMBERS = [float("nan"), float("inf"), float("-inf"), -1e308, 10**400, "nan", None, [], True]
@@ -551,8 +551,10 @@ def rss_kb(pid: int) -> int:
 
 # ============================================================================= temp files
 def extra_files(srv) -> list:
-    """Files in gradio's cache besides the examples it keeps."""
-    return [p for p in srv["gradio_tmp"].rglob("*") if p.is_file() and p not in srv["kept"]]
+    """Files in gradio's cache besides the examples it keeps (os.walk: the expiry removes folders
+    while this looks, which makes Path.rglob raise)."""
+    return [p for root, _, names in os.walk(srv["gradio_tmp"]) for p in (Path(root, n) for n in names)
+            if p not in srv["kept"]]
 
 
 def watch_cache(srv) -> dict:
