@@ -51,7 +51,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def ui_app(request, start_app):
-    """The tiny-fixture app (conftest.tiny_app, shared with test_app.py); with SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
+    """The tiny-fixture app (conftest.tiny_app, shared with test_app.py); with
+    SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
     its embedded models, for docs/screenshots/."""
     from softvq_demo.catalogue import embedded_available
 
