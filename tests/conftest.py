@@ -33,14 +33,19 @@ needs_embedded = pytest.mark.skipif(
 
 
 def run_last(test):
-    """Run this test after every other test of the session (pytest_collection_modifyitems): for a
-    check that waits on a server, so the waiting overlaps the rest of the suite."""
+    """Run this test after every other test of the session, and its module's other tests first
+    (pytest_collection_modifyitems): for a check that waits on a server (the reliability cache
+    TTL), so the waiting overlaps the rest of the suite."""
     test.run_last = True
     return test
 
 
 def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: getattr(getattr(item, "function", None), "run_last", False))
+    def last(item) -> bool:
+        return getattr(getattr(item, "function", None), "run_last", False)
+
+    early = {getattr(item, "module", None) for item in items if last(item)}
+    items.sort(key=lambda item: (last(item), getattr(item, "module", None) not in early))  # stable
 
 
 @pytest.fixture(scope="session")
