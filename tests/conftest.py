@@ -1,5 +1,7 @@
-"""Shared test fixtures: paths to the reference material made by the official code, and a live
-app server (``start_app``) that is stopped when the module that started it ends.
+"""Shared test fixtures: paths to the reference material made by the official code, live app
+servers (``start_app``: stopped when the module that started it ends; ``start_app_session``: when
+the session ends) and the tiny-fixture app that test_app.py and test_browser.py share
+(``tiny_app``).
 
 ``python -m pytest -m "not slow"`` runs the quick subset: live servers, the browser, training
 runs, real-OCR sweeps and other tests of more than a few seconds are marked ``slow``.
@@ -28,6 +30,22 @@ SV, TT, SIT, MG = "textscenes-softvq-32", "textscenes-titok-128", "textscenes-si
 needs_embedded = pytest.mark.skipif(
     not all((CK / n / "model.safetensors").is_file() for n in (SV, TT, SIT, MG)),
     reason="embedded models not in checkpoints/")
+
+
+def run_last(test):
+    """Run this test after every other test of the session, and its module's other tests first
+    (pytest_collection_modifyitems): for a check that waits on a server (the reliability cache
+    TTL), so the waiting overlaps the rest of the suite."""
+    test.run_last = True
+    return test
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def last(item) -> bool:
+        return getattr(getattr(item, "function", None), "run_last", False)
+
+    early = {getattr(item, "module", None) for item in items if last(item)}
+    items.sort(key=lambda item: (last(item), getattr(item, "module", None) not in early))  # stable
 
 
 @pytest.fixture(scope="session")
@@ -89,13 +107,7 @@ class AppServer(dict):
             raise AttributeError(name) from None
 
 
-@pytest.fixture(scope="module")
-def start_app(tmp_path_factory):
-    """``start_app(args, env=None)`` starts app.py with ``args`` on a free port and returns its
-    AppServer; every server started through it stops when the module ends. ``start_app.tmp`` is a
-    fresh folder of the module's for inputs the server should see."""
-    running = []
-
+def _starter(tmp_path_factory, running: list):
     def start(args: list, env: dict | None = None, tmp: Path | None = None) -> AppServer:
         tmp = tmp or tmp_path_factory.mktemp("app")
         proc, client, url, log = launch(args, tmp, env)
@@ -103,9 +115,102 @@ def start_app(tmp_path_factory):
         return AppServer(proc=proc, client=client, url=url, log=log, tmp=tmp)
 
     start.tmp = tmp_path_factory.mktemp("inputs")
-    yield start
+    return start
+
+
+@pytest.fixture(scope="module")
+def start_app(tmp_path_factory):
+    """``start_app(args, env=None)`` starts app.py with ``args`` on a free port and returns its
+    AppServer; every server started through it stops when the module ends. ``start_app.tmp`` is a
+    fresh folder of the module's for inputs the server should see."""
+    running = []
+    yield _starter(tmp_path_factory, running)
     for proc in running:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def start_app_session(tmp_path_factory):
+    """``start_app`` for servers that outlive their module (shared by modules, or checked again at
+    the end of the session); they stop when the session ends."""
+    running = []
+    yield _starter(tmp_path_factory, running)
+    for proc in running:
+        stop(proc)
+
+
+# --------------------------------------------------------------------------- the tiny-fixture app
+def tokenizer_b(reference: Path):
+    """A second tokenizer for side-by-side views: the TiTok fixture once that family exists."""
+    try:
+        from softvq_demo.models import FAMILIES
+        if "titok" in FAMILIES:
+            return reference / "titok" / "tiny_pixels"
+    except Exception:
+        pass
+    return reference / "softvq" / "tiny_nol2"
+
+
+def make_images(folder: Path) -> dict:
+    """The app tests' inputs: three small pictures, an EXIF-rotated JPEG, RGBA, 16-bit grey, a text
+    file, a broken PNG and a 30000×30000 PNG (a bomb by its header)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, size in enumerate([(200, 120), (90, 150), (64, 64)]):
+        im = Image.new("RGB", size, (40 * i, 140, 220 - 50 * i))
+        d = ImageDraw.Draw(im)
+        d.rectangle((5, 5, 40, 30), fill=(250, 250, 250))
+        d.text((8, 10), f"AB{i}", fill=(0, 0, 0))
+        p = folder / f"img{i}.png"
+        im.save(p)
+        out[f"img{i}"] = p
+    # EXIF-rotated JPEG (orientation 6: rotate 90° clockwise when displayed)
+    im = Image.new("RGB", (120, 60), (255, 0, 0))
+    exif = Image.Exif()
+    exif[274] = 6
+    p = folder / "rotated.jpg"
+    im.save(p, exif=exif.tobytes())
+    out["rotated"] = p
+    rgba = Image.new("RGBA", (50, 50), (0, 0, 255, 0))
+    p = folder / "transparent.png"
+    rgba.save(p)
+    out["rgba"] = p
+    gray16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
+    p = folder / "gray16.png"
+    gray16.save(p)
+    out["gray16"] = p
+    p = folder / "notes.txt"
+    p.write_text("not an image")
+    out["text"] = p
+    p = folder / "broken.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    out["broken"] = p
+    # a PNG whose header claims 30000×30000 pixels (a decompression bomb): refused before decoding
+    big = Image.new("L", (30000, 30000))
+    p = folder / "huge.png"
+    big.save(p, optimize=False, compress_level=9)
+    out["huge"] = p
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_app(reference, start_app_session):
+    """app.py on the tiny reference fixtures (SoftVQ tiny, TiTok tiny_pixels, SiT, MaskGIT), one
+    server for test_app.py and test_browser.py: their tests need no fresh server (none counts
+    memory, files or CPU), and a start-up is 7–15 s on 2 cores."""
+    files = make_images(start_app_session.tmp / "images")
+    tok_a = reference / "softvq" / "tiny"
+    tok_b = tokenizer_b(reference)
+    gen = reference / "softvq" / "sit_tiny"
+    args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen]
+    if tok_b.name == "tiny_pixels":
+        args += ["--generator", reference / "titok" / "maskgit_tiny"]
+    srv = start_app_session(args)
+    return AppServer({**srv, "files": files, "a": tok_a.name, "b": tok_b.name, "gen": gen.name,
+                      "gen_b": "maskgit_tiny", "n_a": 16})
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
-"""Hostile inputs shared by the reliability tests: damaged and odd image files (a fixed set and a
-hypothesis strategy), and per-client pictures for the load test. Not a test module."""
+"""Hostile inputs shared by the reliability and red-team tests: damaged and odd image files (a
+fixed set and a hypothesis strategy), per-client pictures for the load test, and the raw-HTTP
+calls both make (a body as written, NaN included, which gradio_client cannot send). Not a test
+module."""
 from __future__ import annotations
 
 import colorsys
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -22,6 +25,43 @@ def assert_clear(msg: str) -> str:
         assert bad not in msg, msg[:1500]
     assert len(msg) < 2500, msg[:300]
     return msg
+
+
+# ----------------------------------------------------------------------------- raw HTTP
+def post_call(api_root: str, api: str, data=None, *, raw_body: bytes | None = None,
+              timeout: float = 120) -> tuple[str, object]:
+    """POST ``{"data": data}`` to ``<api_root>call/<api>`` (``api_root`` is the server's
+    ``…/gradio_api/``), NaN and ±Infinity written as JSON literals (a browser or a script can send
+    them), or ``raw_body`` as it is; then read the event stream. Returns ('complete', outputs),
+    ('error', message), ('http', 'status text') when the POST itself is refused, or ('none', None)
+    when the stream ends without either event."""
+    import httpx
+
+    base = api_root + "call/" + api.strip("/")
+    body = raw_body if raw_body is not None else json.dumps({"data": data}, allow_nan=True).encode()
+    r = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=timeout)
+    if r.status_code != 200:
+        return "http", f"{r.status_code} {r.text[:400]}"
+    text = httpx.get(f"{base}/{r.json()['event_id']}", timeout=timeout).text
+    event, payload = "none", None
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if lines.get("event") in ("complete", "error"):
+            event, payload = lines["event"], lines.get("data")
+    if event == "error":
+        err = json.loads(payload) if payload and payload != "null" else None
+        return "error", (err.get("error") if isinstance(err, dict) else str(err))
+    return event, json.loads(payload) if payload else None
+
+
+def upload_file(api_root: str, path, timeout: float = 120) -> dict:
+    """Upload one file through ``<api_root>upload``; the FileData a request names it by."""
+    import httpx
+
+    with open(path, "rb") as fh:
+        r = httpx.post(api_root + "upload", files={"files": (Path(path).name, fh)}, timeout=timeout)
+    r.raise_for_status()
+    return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}
 
 
 # ----------------------------------------------------------------------------- images

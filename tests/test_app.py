@@ -9,78 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import launch, stop  # noqa: F401  (the launcher lives in conftest; kept importable here)
+from conftest import make_images, tokenizer_b  # noqa: F401  (kept importable from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow  # a live server
 
 
-def tokenizer_b(reference: Path):
-    """A second tokenizer for side-by-side views: the TiTok fixture once that family exists."""
-    try:
-        from softvq_demo.models import FAMILIES
-        if "titok" in FAMILIES:
-            return reference / "titok" / "tiny_pixels"
-    except Exception:
-        pass
-    return reference / "softvq" / "tiny_nol2"
-
-
-def make_images(folder: Path) -> dict:
-    from PIL import ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for i, size in enumerate([(200, 120), (90, 150), (64, 64)]):
-        im = Image.new("RGB", size, (40 * i, 140, 220 - 50 * i))
-        d = ImageDraw.Draw(im)
-        d.rectangle((5, 5, 40, 30), fill=(250, 250, 250))
-        d.text((8, 10), f"AB{i}", fill=(0, 0, 0))
-        p = folder / f"img{i}.png"
-        im.save(p)
-        out[f"img{i}"] = p
-    # EXIF-rotated JPEG (orientation 6: rotate 90° clockwise when displayed)
-    im = Image.new("RGB", (120, 60), (255, 0, 0))
-    exif = Image.Exif()
-    exif[274] = 6
-    p = folder / "rotated.jpg"
-    im.save(p, exif=exif.tobytes())
-    out["rotated"] = p
-    rgba = Image.new("RGBA", (50, 50), (0, 0, 255, 0))
-    p = folder / "transparent.png"
-    rgba.save(p)
-    out["rgba"] = p
-    gray16 = Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16))
-    p = folder / "gray16.png"
-    gray16.save(p)
-    out["gray16"] = p
-    p = folder / "notes.txt"
-    p.write_text("not an image")
-    out["text"] = p
-    p = folder / "broken.png"
-    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    out["broken"] = p
-    # a PNG whose header claims 30000×30000 pixels (a decompression bomb): refused before decoding
-    big = Image.new("L", (30000, 30000))
-    p = folder / "huge.png"
-    big.save(p, optimize=False, compress_level=9)
-    out["huge"] = p
-    return out
-
-
 @pytest.fixture(scope="module")
-def app(reference, start_app):
-    files = make_images(start_app.tmp / "images")
-    tok_a = reference / "softvq" / "tiny"
-    tok_b = tokenizer_b(reference)
-    gen = reference / "softvq" / "sit_tiny"
-    args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen]
-    if tok_b.name == "tiny_pixels":
-        args += ["--generator", reference / "titok" / "maskgit_tiny"]
-    srv = start_app(args)
-    return {**srv, "files": files, "a": tok_a.name, "b": tok_b.name, "gen": gen.name,
-            "gen_b": "maskgit_tiny", "n_a": 16}
+def app(tiny_app):
+    """The tiny-fixture server (conftest.tiny_app), shared with test_browser.py."""
+    return tiny_app
 
 
 def call(app, api, *args):

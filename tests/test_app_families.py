@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from test_app import arr, call, err, f, img, launch, make_images, plot, stop, table
+from conftest import launch, make_images, stop
+from test_app import arr, call, err, f, img, plot, table
 
 pytest.importorskip("gradio_client")
 
@@ -43,8 +44,9 @@ def app(reference, tmp_path_factory):
     odp = shutil.copytree(reference / "onedpiece" / "tiny", tmp / ODP)
     maskgit = maskgit_for_onedpiece(reference, tmp / MASKGIT)
     sit = reference / "softvq" / "sit_tiny"  # 16 tokens × 8 dims: fits MAETok tiny
+    # no UMAP here (PCA maps only): its background compile would only compete with the tests
     proc, client, url, log = launch(["--tokenizer", maetok, "--tokenizer", odp, "--generator", sit,
-                                     "--generator", maskgit], tmp)
+                                     "--generator", maskgit], tmp, env={"SOFTVQ_NO_WARMUP": "1"})
     yield {"client": client, "files": files, "proc": proc, "log": log, "sit": sit.name}
     stop(proc)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_app import call, err, launch, make_images, stop  # noqa: E402  (tests/ is on sys.path)
+from conftest import launch, make_images, stop  # noqa: E402  (tests/ is on sys.path)
+from test_app import call, err  # noqa: E402
 
 pytest.importorskip("gradio_client")
 

@@ -22,7 +22,7 @@ if not (Path(CHROME).exists() and Path(DRIVER).exists()):
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from test_app import app, make_images  # noqa: E402,F401  (the tiny-fixture app)
+from conftest import make_images  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a live server and a browser
 
@@ -51,7 +51,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def ui_app(request, start_app):
-    """The tiny-fixture app; with SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
+    """The tiny-fixture app (conftest.tiny_app, shared with test_app.py); with
+    SCREENSHOT_MODELS=embedded (and checkpoints/ filled) the app on
     its embedded models, for docs/screenshots/."""
     from softvq_demo.catalogue import embedded_available
 
@@ -59,7 +60,7 @@ def ui_app(request, start_app):
     for e in embedded_available():
         names[e.kind].append(e.name)
     if os.environ.get("SCREENSHOT_MODELS") != "embedded" or len(names.get("tokenizer", [])) < 2:
-        yield request.getfixturevalue("app")
+        yield request.getfixturevalue("tiny_app")
         return
     from softvq_demo import load_tokenizer
 

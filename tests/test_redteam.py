@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
-from test_app import launch, stop  # noqa: E402  (tests/ is on sys.path)
+import hostile_inputs  # noqa: E402  (tests/ is on sys.path)
+from conftest import launch, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CK = ROOT / "checkpoints"
@@ -131,28 +132,11 @@ def local():
 def post_call(srv, api: str, data, timeout: float = 120, raw_body: bytes | None = None):
     """POST /gradio_api/call/<api>, then read its event stream: ('complete', outputs),
     ('error', message) or ('http', 'status text')."""
-    base = srv["api"] + "call/" + api
-    body = raw_body if raw_body is not None else json.dumps({"data": data}).encode()
-    r = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=timeout)
-    if r.status_code != 200:
-        return "http", f"{r.status_code} {r.text[:400]}"
-    text = httpx.get(f"{base}/{r.json()['event_id']}", timeout=timeout).text
-    event, payload = "none", None
-    for block in text.split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if lines.get("event") in ("complete", "error"):
-            event, payload = lines["event"], lines.get("data")
-    if event == "error":
-        err = json.loads(payload) if payload and payload != "null" else None
-        return "error", (err.get("error") if isinstance(err, dict) else str(err))
-    return event, json.loads(payload) if payload else None
+    return hostile_inputs.post_call(srv["api"], api, data, raw_body=raw_body, timeout=timeout)
 
 
 def upload(srv, path) -> dict:
-    with open(path, "rb") as fh:
-        r = httpx.post(srv["api"] + "upload", files={"files": (Path(path).name, fh)}, timeout=120)
-    r.raise_for_status()
-    return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}
+    return hostile_inputs.upload_file(srv["api"], path)
 
 
 def raw_status(srv, path: str, length: int, content_type: str) -> int:
