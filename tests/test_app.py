@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_images, tokenizer_b  # noqa: F401  (kept importable from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("gradio_client")

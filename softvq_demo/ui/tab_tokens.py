@@ -264,6 +264,9 @@ def build(ctx: Ctx):
                      concurrency_limit=2)
 
     def do_swap(state, a, b, tok, mode, seed, tokens):
+        if not b:
+            raise InputError("swapping needs image B: upload a second image")
+        parse_token_list(tokens, ctx.tokenizer(tok).num_tokens)   # refused before any encoding
         st = prepare(ctx, state, a, b, tok, mode, seed)
         return (st,) + swap_view(ctx, st, tokens)
 
