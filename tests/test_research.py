@@ -34,8 +34,11 @@ def sample_args(reference, out) -> list[str]:
 
 
 def env() -> dict:
-    # Same thread count in every process, so CPU kernels reduce in the same order.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    # Same thread count in every process, so CPU kernels reduce in the same order. The checkout
+    # first on the path, what the caller's path holds after it (packages installed outside
+    # site-packages, as on the GPU machine).
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:

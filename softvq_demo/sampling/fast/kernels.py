@@ -89,8 +89,10 @@ if AVAILABLE:
         return 0.5 * x * (1.0 + t)
 
     @triton.jit
-    def _skinny_kernel(a_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split,
+    def _skinny_kernel(a_ptr, w_ptr, b_ptr, out_ptr, M, N, K,
                        stride_am, stride_wn, stride_os, stride_om,
+                       K_PER_SPLIT: tl.constexpr,   # a loop bound as constexpr: Triton 3.6's
+                       # interpreter (with NumPy 2) cannot take a runtime one; a few shapes only
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        SPLIT: tl.constexpr, ACT: tl.constexpr):
         pid_n = tl.program_id(0)
@@ -98,13 +100,13 @@ if AVAILABLE:
         offs_m = tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
-        k0 = pid_s * k_per_split
+        k0 = pid_s * K_PER_SPLIT
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + (k0 + offs_k)[None, :]
         w_ptrs = w_ptr + offs_n[None, :] * stride_wn + (k0 + offs_k)[:, None]
         m_ok = offs_m[:, None] < M
         n_ok = offs_n[None, :] < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kk in range(0, k_per_split, BLOCK_K):
+        for kk in range(0, K_PER_SPLIT, BLOCK_K):
             a = tl.load(a_ptrs, mask=m_ok, other=0.0)
             w = tl.load(w_ptrs, mask=n_ok, other=0.0)
             acc = tl.dot(a, w, acc)
@@ -201,13 +203,13 @@ def _skinny_impl(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: int, bl
     out = torch.empty(m, n, device=a.device, dtype=a.dtype)
     warps = 4 if block_m * block_n <= 64 * 64 else 8
     if split == 1:
-        _skinny_kernel[grid](a, w, b, out, m, n, k, k_per, a.stride(0), w.stride(0), 0, out.stride(0),
-                             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=1, ACT=act,
+        _skinny_kernel[grid](a, w, b, out, m, n, k, a.stride(0), w.stride(0), 0, out.stride(0),
+                             K_PER_SPLIT=k_per, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=1, ACT=act,
                              num_warps=warps, num_stages=4)
         return out
     part = torch.empty(split, m, n, device=a.device, dtype=torch.float32)
-    _skinny_kernel[grid](a, w, b, part, m, n, k, k_per, a.stride(0), w.stride(0), part.stride(0),
-                         part.stride(1), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    _skinny_kernel[grid](a, w, b, part, m, n, k, a.stride(0), w.stride(0), part.stride(0),
+                         part.stride(1), K_PER_SPLIT=k_per, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                          SPLIT=split, ACT=act, num_warps=warps, num_stages=4)
     block = 1024
     _split_sum_kernel[(triton.cdiv(m * n, block),)](part, b, out, m * n, n, SPLIT=split, ACT=act,
