@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,22 +156,37 @@ def agreement(device: str = "cuda") -> list[dict]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m softvq_demo.bench.oneshot")
     p.add_argument("--out", default=os.environ.get("OUT"))
+    p.add_argument("--rounds", type=int, default=3,
+                   help="reference and auto alternated this many times each (medians compared)")
     args = p.parse_args(argv)
     rows = []
+
+    def show(label: str, r: dict) -> None:
+        print(f"one-shot {label:30s} wall {r['wall_s']:7.2f} s  generator {r['generator_s']} s  "
+              f"decode {r['decode_s']} s" + (f"  ERROR {r['error']}" if r["rc"] else ""), flush=True)
+
+    # A fresh process's first CUDA work varies by tenths of a second (lazy kernel loading, library
+    # pages, clocks): one run of each compared 0.49 s with 0.90 s on the H200 where the code path
+    # is the same (test_one_shot_generate_on_cuda_takes_reference_path). So: alternated, medians.
+    times: dict = {"reference": [], "auto": []}
     with tempfile.TemporaryDirectory() as cold:
-        for label, env in (("reference (SOFTVQ_FAST=0)", {"SOFTVQ_FAST": "0"}),
-                           ("auto (default)", {}),
-                           ("always, empty compile cache", {"SOFTVQ_FAST": "always"}),
-                           ("always, warm compile cache", {"SOFTVQ_FAST": "always"})):
-            r = one_shot(env, cold)
+        for i in range(max(1, args.rounds)):
+            for key, label, env in (("reference", "reference (SOFTVQ_FAST=0)", {"SOFTVQ_FAST": "0"}),
+                                    ("auto", "auto (default)", {})):
+                r = one_shot(env, cold)
+                rows.append(dict(case=f"{label} #{i + 1}", **r))
+                show(f"{label} #{i + 1}", r)
+                if r["generator_s"] is not None:
+                    times[key].append(r["generator_s"])
+        for label in ("always, empty compile cache", "always, warm compile cache"):
+            r = one_shot({"SOFTVQ_FAST": "always"}, cold)
             rows.append(dict(case=label, **r))
-            print(f"one-shot {label:30s} wall {r['wall_s']:7.2f} s  generator {r['generator_s']} s  "
-                  f"decode {r['decode_s']} s" + (f"  ERROR {r['error']}" if r["rc"] else ""), flush=True)
-    ref, auto = rows[0], rows[1]
-    ok = (auto["generator_s"] is not None and ref["generator_s"] is not None
-          and auto["generator_s"] <= ref["generator_s"] * 1.1 + 0.02)
-    print(f"target: one-shot auto not slower than reference: generator {auto['generator_s']} vs "
-          f"{ref['generator_s']} s -> {'PASS' if ok else 'MISS'}")
+            show(label, r)
+    ref = statistics.median(times["reference"]) if times["reference"] else None
+    auto = statistics.median(times["auto"]) if times["auto"] else None
+    ok = ref is not None and auto is not None and auto <= ref * 1.1 + 0.02
+    print(f"target: one-shot auto not slower than reference: generator median {auto} vs {ref} s "
+          f"({len(times['auto'])} / {len(times['reference'])} runs) -> {'PASS' if ok else 'MISS'}")
     click = first_click()
     print("first click: " + ", ".join(f"{k} {v}" for k, v in click.items()))
     print(f"target: first click after warm-up <= 1.5 s: {click['first_click_after_warm_up_s']} s -> "
