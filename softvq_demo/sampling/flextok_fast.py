@@ -224,8 +224,11 @@ def _decode_hook(tok: FlexTok, batch: int, steps: int, guidance_scale: float, ap
 
 
 def install() -> None:
-    """Set ``FlexTok.fast_decode_hook`` (``softvq_demo.sampling`` does it at import)."""
+    """Set ``FlexTok.fast_decode_hook`` and FlexTok's cost and warm-up in ``policy``
+    (``softvq_demo.sampling`` does it at import)."""
     FlexTok.fast_decode_hook = staticmethod(_decode_hook)
+    policy.register_family("flextok", row_flops=row_flops, warm_up=warm_up)
+
 
 __all__ = ["FlexTokFast", "flextok_fast", "enable_fast_decode", "run_options", "row_flops",
            "decoder_sequence", "warm_up", "install"]

@@ -24,8 +24,9 @@ figures in docs/benchmarks.md); ``python -m softvq_demo.bench.oneshot`` prints t
 to the measured times so that they can be checked on the machine at hand.
 
 FlexTok's decode follows the same rule, its tokenizer standing in for the generator (the hook in
-``flextok_fast``; options steps / guided / apg, the estimate from its flow decoder's FLOPs);
-``python -m softvq_demo.bench.flextok`` prints its estimate beside the measured times.
+``flextok_fast``, which registers its cost and warm-up here through ``register_family``; options
+steps / guided / apg, the estimate from its flow decoder's FLOPs); ``python -m
+softvq_demo.bench.flextok`` prints its estimate beside the measured times.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Hashable, Optional
+from typing import Callable, Hashable, Optional
 
 import torch
 
@@ -41,6 +42,17 @@ MIN_SECONDS = 20.0
 REPEATS = 2
 REF_TFLOPS = 250.0        # reference sampler, bf16 autocast, eager, large batches (H100/H200)
 REF_STEP_FLOOR_S = 4e-3   # ... and its per-evaluation floor at small batches (launch-bound)
+
+# Families whose fast path lives in its own module register their cost and warm-up here
+# (FlexTok: sampling.flextok_fast.install), so that this module imports none of them.
+FAMILY_HOOKS: dict[str, dict[str, Callable]] = {}
+
+
+def register_family(family: str, *, row_flops: Callable, warm_up: Callable) -> None:
+    """``row_flops(model)``: matmul FLOPs of one row evaluation; ``warm_up(model, batch, options)``:
+    compile and capture the fast path for that shape."""
+    FAMILY_HOOKS[family] = {"row_flops": row_flops, "warm_up": warm_up}
+
 
 _STATE_LOCK = threading.Lock()
 _warm: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
@@ -88,10 +100,9 @@ def row_evaluations(generator, batch: int, options: dict) -> int:
 def reference_seconds(generator, batch: int, options: dict) -> float:
     """Rough time of the reference sampler for one run on a GPU (matmul FLOPs / REF_TFLOPS, at
     least REF_STEP_FLOOR_S per evaluation)."""
-    if generator.family == "flextok":  # a tokenizer's flow decoder (flextok_fast.row_flops)
-        from .flextok_fast import row_flops
-
-        flops_row = row_flops(generator)
+    hooks = FAMILY_HOOKS.get(generator.family)
+    if hooks is not None:  # e.g. FlexTok: its tokenizer's flow decoder (flextok_fast.row_flops)
+        flops_row = hooks["row_flops"](generator)
     else:
         params = sum(p.numel() for p in generator.parameters())
         flops_row = 2.0 * params * int(generator.num_tokens)
@@ -145,10 +156,9 @@ def warm_up(generator, tokenizer=None, batch: int = 1, options: Optional[dict] =
 
     options = dict(options or {})
     key = run_key(generator, batch, options)
-    if generator.family == "flextok":  # a FlexTok decode (its tokenizer is the "generator")
-        from .flextok_fast import warm_up as flextok_warm_up
-
-        flextok_warm_up(generator, batch, options)
+    hooks = FAMILY_HOOKS.get(generator.family)
+    if hooks is not None:  # e.g. a FlexTok decode (its tokenizer is the "generator")
+        hooks["warm_up"](generator, batch, options)
         mark_warm(generator, key)
         return
     labels = [i % generator.num_classes for i in range(batch)]
