@@ -140,17 +140,6 @@ def start_app_session(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the tiny-fixture app
-def tokenizer_b(reference: Path):
-    """A second tokenizer for side-by-side views: the TiTok fixture once that family exists."""
-    try:
-        from softvq_demo.models import FAMILIES
-        if "titok" in FAMILIES:
-            return reference / "titok" / "tiny_pixels"
-    except Exception:
-        pass
-    return reference / "softvq" / "tiny_nol2"
-
-
 def make_images(folder: Path) -> dict:
     """The app tests' inputs: three small pictures, an EXIF-rotated JPEG, RGBA, 16-bit grey, a text
     file, a broken PNG and a 30000×30000 PNG (a bomb by its header)."""
@@ -203,11 +192,10 @@ def tiny_app(reference, start_app_session):
     memory, files or CPU), and a start-up is 7–15 s on 2 cores."""
     files = make_images(start_app_session.tmp / "images")
     tok_a = reference / "softvq" / "tiny"
-    tok_b = tokenizer_b(reference)
+    tok_b = reference / "titok" / "tiny_pixels"
     gen = reference / "softvq" / "sit_tiny"
-    args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen]
-    if tok_b.name == "tiny_pixels":
-        args += ["--generator", reference / "titok" / "maskgit_tiny"]
+    args = ["--tokenizer", tok_a, "--tokenizer", tok_b, "--generator", gen,
+            "--generator", reference / "titok" / "maskgit_tiny"]
     srv = start_app_session(args)
     return AppServer({**srv, "files": files, "a": tok_a.name, "b": tok_b.name, "gen": gen.name,
                       "gen_b": "maskgit_tiny", "n_a": 16})
