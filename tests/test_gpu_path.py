@@ -141,3 +141,54 @@ def test_one_shot_generate_on_cuda_takes_reference_path(reference, clean_policy)
     tok = load_tokenizer(reference / "softvq" / "tiny", device="cuda")
     out = generate(gen, tok, [1, 2, 3], seed=0, steps=10)
     assert out.timings["fast"] is False and out.images.device.type == "cuda"
+
+
+def test_triton_fc1_stays_out_where_it_cannot_run():
+    """The persistent fc1 + GELU kernel is only considered on CUDA, in bf16, from MIN_ROWS rows
+    on tile-friendly shapes: elsewhere the pick is cuBLAS (None) without any probe."""
+    from softvq_demo.sampling.fast import gemm
+
+    cpu = torch.device("cpu")
+    assert gemm.pick_fc1(8192, 4608, 1152, cpu, torch.bfloat16) is None
+    assert gemm.pick_fc1(gemm.MIN_ROWS // 2, 4608, 1152, CUDA, torch.bfloat16) is None
+    assert gemm.pick_fc1(8192, 4600, 1152, CUDA, torch.bfloat16) is None      # N not a tile multiple
+    assert gemm.pick_fc1(8192, 4608, 1152, CUDA, torch.float32) is None
+    assert not gemm.PICKS                                                      # nothing was timed
+
+
+@cuda_only
+def test_triton_fc1_matches_float32(monkeypatch):
+    """Each fc1 configuration against a float32 product (bf16 output: ~2e-3), every element
+    written; and a SiT whose fc1 goes through it (forced) still samples within the bf16 bound."""
+    from softvq_demo.bench.cases import build_sit
+    from softvq_demo.sampling import fast
+    from softvq_demo.sampling.fast import gemm
+    from softvq_demo.sampling.flow import sample_flow
+
+    if not gemm.AVAILABLE:
+        pytest.skip("Triton without host tensor descriptors")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    m, n, k = 2048, 1024, 512
+    a = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=g) * k ** -0.5).bfloat16()
+    b = (torch.randn(n, device="cuda", generator=g) * 0.1).bfloat16()
+    ref = torch.nn.functional.gelu(a.float() @ w.float().t() + b.float(), approximate="tanh")
+    for cfg in gemm.CONFIGS:
+        out = gemm.fc1_gelu(a, w, b, cfg)
+        assert torch.isfinite(out).all()
+        assert float((out.float() - ref).norm() / ref.norm()) < 5e-3, cfg
+    monkeypatch.setattr(gemm, "GAIN", 100.0)          # take the kernel wherever it runs
+    monkeypatch.setattr(gemm, "MIN_ROWS", 256)
+    gemm.PICKS.clear()
+    gen = build_sit(32, 16, torch.device("cuda"), tiny=False)
+    noise = torch.randn(16, 32, 16, device="cuda", generator=g)
+    y = torch.arange(16, device="cuda")
+    opts = dict(steps=6, method="euler", cfg_scale=1.5, null_class=gen.null_class)
+    ref = sample_flow(gen, noise, y, **opts).float()
+    fast.release(gen)
+    out = fast.sample_sit_fast(gen, noise, y, **opts)
+    picks = fast.sit_fast(gen).lin_picks
+    fast.release(gen)
+    gemm.PICKS.clear()
+    assert any(p is not None and p[2] is not None and p[2][0] == "fc1" for p in picks.values()), picks
+    assert float((out - ref).norm() / ref.norm()) < 1e-2

@@ -9,6 +9,8 @@ round by round so that the card's power and clock state weighs on all alike:
 - ``fast``: the default fast path (Triton short-sequence attention and fused residual +
   LayerNorm passes where their checks pass, residual stream stored in bf16 on CUDA);
 - ``fast-fp32-stream``: the same with the residual stream stored in float32;
+- ``fast-cublas-fc1``: the default with fc1 + GELU through cuBLAS's epilogue instead of the
+  persistent Triton kernel (``sampling.fast.gemm``) where that was picked;
 - ``previous``: issue 19's measured revision (float32 stream, torch.compile's fused
   LayerNorm passes, SDPA's kernels);
 - ``reference path``: what ``sample()`` runs with the fast path off (``sample_flow`` on the
@@ -42,6 +44,7 @@ T0 = time.perf_counter()
 VARIANTS = {
     "fast": ({}, runtime.ATTENTION_BACKENDS),
     "fast-fp32-stream": ({"SOFTVQ_RESIDUAL": "fp32"}, runtime.ATTENTION_BACKENDS),
+    "fast-cublas-fc1": ({"SOFTVQ_TRITON_FC1": "0"}, runtime.ATTENTION_BACKENDS),
     "previous": ({"SOFTVQ_RESIDUAL": "fp32", "SOFTVQ_FUSED_NORM": "0"}, ("flash", "efficient", "cudnn")),
 }
 TARGETS = {(64, 64): ("images/s", 21.0, ">="), (32, 64): ("images/s", 40.0, ">="),
@@ -79,8 +82,9 @@ class Variant:
 
 def describe(gen) -> str:
     f = fastmod.sit_fast(gen)
+    fc1 = sorted(rows for rows, p in f.lin_picks.items() if p is not None and p[2] is not None)
     return (f"stream {str(f.residual).replace('torch.', '')}, attention {f.attn or 'sdpa'}, "
-            f"fused norm {f.fused_norm}")
+            f"fused norm {f.fused_norm}, Triton fc1 at rows {fc1 or 'none'}")
 
 
 def sync() -> None:
