@@ -138,7 +138,7 @@ def bench_norm(reps: int, results: list) -> None:
                 results.append(rec)
             try:
                 us = copy_us(moved, reps)
-                results.append(dict(kernel="residual_norm", case=case, variant="copy", us=us, bytes=moved,
+                results.append(dict(kernel="residual_norm", case=case, n=n, variant="copy", us=us, bytes=moved,
                                     gbs=moved / us / 1e3))
                 emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
             except Exception as exc:
@@ -188,7 +188,7 @@ def bench_attention(reps: int, results: list) -> None:
             results.append(rec)
         try:
             us = copy_us(moved, reps)
-            results.append(dict(kernel="short_attention", case=case, variant="copy", us=us, bytes=moved,
+            results.append(dict(kernel="short_attention", case=case, n=n, variant="copy", us=us, bytes=moved,
                                 gbs=moved / us / 1e3))
             emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
         except Exception as exc:
@@ -198,34 +198,44 @@ def bench_attention(reps: int, results: list) -> None:
     emit("")
 
 
+def geomean(xs: list) -> float:
+    return math.exp(sum(map(math.log, xs)) / len(xs))
+
+
 def summary(results: list) -> None:
-    """Per kernel: each variant's geometric-mean speed-up over base across the cases (only where
-    it ran and passed its check everywhere), the first case (the 64-token B=64 step) apart."""
-    emit("== summary: speed-up over base (time ratio), geometric mean over the cases; first case apart")
-    for kernel, current in (("residual_norm", kernels.NORM_LAUNCH), ("short_attention", kernels.ATTN_LAUNCH)):
+    """Per kernel and sequence length: each variant's geometric-mean speed-up over base across
+    those cases (only variants that ran and passed their check in every one), best first, and
+    the line that makes the best one the default there."""
+    emit("== summary: speed-up over base (base time / variant time), geometric mean over the cases")
+    for kernel, prefix in (("residual_norm", "NORM"), ("short_attention", "ATTN")):
         recs = [x for x in results if x["kernel"] == kernel]
         if not recs:
             continue
-        variants = kernels.NORM_VARIANTS if kernel == "residual_norm" else kernels.ATTN_VARIANTS
-        default = [name for name, launch in variants.items() if launch == current]
-        emit(f"{kernel}: default (kernels.{'NORM' if kernel == 'residual_norm' else 'ATTN'}_LAUNCH) = "
-             f"{default[0] if default else current}")
-        cases = list(dict.fromkeys(x["case"] for x in recs))
-        base = {x["case"]: x.get("us") for x in recs if x["variant"] == "base"}
-        scored = []
-        for name in list(variants) + ["copy"]:
-            ratios = []
-            for c in cases:
-                x = next((y for y in recs if y["case"] == c and y["variant"] == name), None)
-                if x is None or "us" not in x or not base.get(c) or not x.get("ok", True):
-                    ratios = None
-                    break
-                ratios.append(base[c] / x["us"])
-            if ratios:
-                gm = math.exp(sum(map(math.log, ratios)) / len(ratios))
-                scored.append((gm, name, ratios[0]))
-        for gm, name, first in sorted(scored, reverse=True):
-            emit(f"  {name:22s} geomean {gm:5.3f}x   {cases[0]}: {first:5.3f}x")
+        variants = getattr(kernels, f"{prefix}_VARIANTS")
+        current = getattr(kernels, f"{prefix}_LAUNCH")
+        default = next((name for name, launch in variants.items() if launch == current), current)
+        emit(f"{kernel}: kernels.{prefix}_LAUNCH is {default!r}, "
+             f"{prefix}_LAUNCH_BY_TOKENS {getattr(kernels, f'{prefix}_LAUNCH_BY_TOKENS')}")
+        for n in sorted({x["n"] for x in recs if "n" in x}, reverse=True):
+            cases = list(dict.fromkeys(x["case"] for x in recs if x.get("n") == n))
+            base = {x["case"]: x.get("us") for x in recs if x["variant"] == "base"}
+            scored = []
+            for name in list(variants) + ["copy"]:
+                ratios = []
+                for c in cases:
+                    x = next((y for y in recs if y["case"] == c and y["variant"] == name), None)
+                    if x is None or "us" not in x or not base.get(c) or not x.get("ok", True):
+                        break
+                    ratios.append(base[c] / x["us"])
+                else:
+                    scored.append((geomean(ratios), name, ratios))
+            scored.sort(reverse=True)
+            emit(f"  {n} tokens ({'; '.join(cases)}):")
+            for gm, name, ratios in scored:
+                emit(f"    {name:22s} {gm:5.3f}x   (" + ", ".join(f"{q:5.3f}" for q in ratios) + ")")
+            best = next((name for _, name, _ in scored if name != "copy"), None)
+            if best:
+                emit(f"    -> kernels.{prefix}_LAUNCH_BY_TOKENS[{n}] = kernels.{prefix}_VARIANTS[{best!r}]")
     emit("")
 
 

@@ -16,8 +16,8 @@ Both are checked against float32 by the picks that choose them (``runtime.pick_a
 ``pick_linear``), on this GPU, before use; nothing here runs on the CPU.
 
 Launch variants of the two memory-bound kernels (``residual_norm``, ``short_attention``), chosen
-by ``NORM_LAUNCH`` / ``ATTN_LAUNCH`` and timed side by side by ``python -m
-softvq_demo.bench.memkernels``. Both kernels only stream bytes, so what they can change is how
+by ``NORM_LAUNCH`` / ``ATTN_LAUNCH`` (``*_BY_TOKENS[n]`` overrides them for sequences of n
+tokens) and timed side by side by ``python -m softvq_demo.bench.memkernels``. Both kernels only stream bytes, so what they can change is how
 many bytes each program has in flight and how few are fetched twice; the arithmetic (float32
 math, rtne downcasts) is the same in every variant, only the order of float32 sums differs:
 
@@ -310,25 +310,34 @@ def short_attention_ok(tokens: int, head_dim: int) -> bool:
 ATTN_BASE = dict(items=1, unroll=True, stages=1, split_d=False, num_warps=None)
 ATTN_VARIANTS = {
     "base": ATTN_BASE,
+    "w2": dict(ATTN_BASE, num_warps=2),
     "w8": dict(ATTN_BASE, num_warps=8),
     "split": dict(ATTN_BASE, split_d=True, num_warps=4),
+    "split w2": dict(ATTN_BASE, split_d=True, num_warps=2),
     "split w8": dict(ATTN_BASE, split_d=True, num_warps=8),
     "split i2": dict(ATTN_BASE, split_d=True, items=2, num_warps=4),
     "split i2 pipe2": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=4),
     "split i4 pipe2": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=2, num_warps=4),
     "split i4 pipe3": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=3, num_warps=4),
+    "split i2 pipe2 w2": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=2),
+    "split i4 pipe2 w2": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=2, num_warps=2),
     "split i2 pipe2 w8": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=8),
     "split i4 pipe2 w8": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=2, num_warps=8),
-    "split i8 pipe2 w8": dict(ATTN_BASE, split_d=True, items=8, unroll=False, stages=2, num_warps=8),
     "i2 pipe2 w8": dict(ATTN_BASE, items=2, unroll=False, stages=2, num_warps=8),
 }
+# The default, and per sequence length (tokens) overrides of it. "split": 72 = 64 + 16 lanes
+# cuts the tile from 64x128 to 64x80 (sm_90 compile: 107 -> 88 registers, 48 -> 30 KB shared
+# memory for 64 tokens: 5 programs per SM instead of 4), the same program otherwise; the
+# pipelined loops were left for the benchmark to argue for (their grids quantise coarsely:
+# 2048 (row, head) pairs in 4s fill 132 SMs x 3 programs in 1.3 waves).
 ATTN_LAUNCH = dict(ATTN_VARIANTS["split"])
+ATTN_LAUNCH_BY_TOKENS: dict = {}
 
 
 def _short_attention_impl(qkv: torch.Tensor, heads: int, launch: Optional[dict] = None) -> torch.Tensor:
-    launch = ATTN_LAUNCH if launch is None else launch
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     r, n, three_hd = qkv.shape
+    launch = ATTN_LAUNCH_BY_TOKENS.get(n, ATTN_LAUNCH) if launch is None else launch
     hd = three_hd // 3
     d = hd // heads
     out = torch.empty(r, n, hd, device=qkv.device, dtype=qkv.dtype)
@@ -379,23 +388,29 @@ NORM_BASE = dict(rows=1, split=False, early=False, evict=False, num_warps=None)
 NORM_VARIANTS = {
     "base": NORM_BASE,
     "r1 pad early": dict(NORM_BASE, early=True),
-    "r1 split early": dict(NORM_BASE, split=True, early=True, num_warps=4),
-    "r1 split early w2": dict(NORM_BASE, split=True, early=True, num_warps=2),
     "r2 split early": dict(NORM_BASE, rows=2, split=True, early=True, num_warps=4),
-    "r2 split late": dict(NORM_BASE, rows=2, split=True, num_warps=4),
-    "r2 pad early": dict(NORM_BASE, rows=2, early=True, num_warps=4),
-    "r2 split early w8": dict(NORM_BASE, rows=2, split=True, early=True, num_warps=8),
+    "r2 split early w2": dict(NORM_BASE, rows=2, split=True, early=True, num_warps=2),
+    "r4 split late": dict(NORM_BASE, rows=4, split=True, num_warps=4),
     "r4 split early": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=4),
+    "r4 split early w2": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=2),
     "r4 split early w8": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=8),
     "r4 split early evict": dict(NORM_BASE, rows=4, split=True, early=True, evict=True, num_warps=4),
+    "r4 pad early w8": dict(NORM_BASE, rows=4, early=True, num_warps=8),
+    "r8 split early": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=4),
     "r8 split early w8": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=8),
 }
-NORM_LAUNCH = dict(NORM_VARIANTS["r2 split early"])
+# The default, and per sequence length (tokens) overrides of it. Why "r4 split early" (sm_90
+# compile, bf16 stream, 1152 wide): 720 warp instructions per row against the first kernel's
+# 1632 (its padded lanes still issue every instruction: at 8192 rows that alone is ~14 us of
+# issue on 132 SMs), gate/shift/scale read from L2 once per 4 rows (6.9 KB per row before,
+# more than the row's own 4.6 KB from HBM), 96 registers: 20 rows in flight per SM against 12.
+NORM_LAUNCH = dict(NORM_VARIANTS["r4 split early"])
+NORM_LAUNCH_BY_TOKENS: dict = {}
 
 
 def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
-    launch = NORM_LAUNCH if launch is None else launch
     r, n, hidden = h.shape
+    launch = NORM_LAUNCH_BY_TOKENS.get(n, NORM_LAUNCH) if launch is None else launch
     h = h.contiguous()
     o = o.contiguous()
     gate = gate if gate.stride(-1) == 1 else gate.contiguous()
