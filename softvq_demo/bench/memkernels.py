@@ -14,7 +14,7 @@ GB/s counts each input read once and each output written once; "copy" is a devic
 same number of bytes (half read, half written), the ceiling to compare with. A variant that
 fails to compile or run is logged and skipped.
 
-    python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--reps 7]
+    python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--only persist,split] [--reps 7]
 
 Writes the table to stdout and $OUT/memkernels.txt (raw numbers: $OUT/memkernels.json).
 """
@@ -38,6 +38,7 @@ MIN_BYTES = 256e6                               # inputs per case, well past the
 DEVICE = "cuda"
 T0 = time.perf_counter()
 LINES: list = []
+ALL_VARIANTS = {"NORM": dict(kernels.NORM_VARIANTS), "ATTN": dict(kernels.ATTN_VARIANTS)}  # before --only
 
 
 def log(msg: str) -> None:
@@ -143,7 +144,7 @@ def bench_norm(reps: int, results: list) -> None:
                 emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
             except Exception as exc:
                 emit(f"{case:24s} copy FAILED {type(exc).__name__}: {exc}")
-            del hs, os_, mods, gates, sss
+            hs = os_ = mods = gates = sss = None  # free this case's copies before the next
             torch.cuda.empty_cache()
     emit("")
 
@@ -193,7 +194,7 @@ def bench_attention(reps: int, results: list) -> None:
             emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
         except Exception as exc:
             emit(f"{case:24s} copy FAILED {type(exc).__name__}: {exc}")
-        del qkvs
+        qkvs = None
         torch.cuda.empty_cache()
     emit("")
 
@@ -213,7 +214,7 @@ def summary(results: list) -> None:
             continue
         variants = getattr(kernels, f"{prefix}_VARIANTS")
         current = getattr(kernels, f"{prefix}_LAUNCH")
-        default = next((name for name, launch in variants.items() if launch == current), current)
+        default = next((name for name, launch in ALL_VARIANTS[prefix].items() if launch == current), current)
         emit(f"{kernel}: kernels.{prefix}_LAUNCH is {default!r}, "
              f"{prefix}_LAUNCH_BY_TOKENS {getattr(kernels, f'{prefix}_LAUNCH_BY_TOKENS')}")
         for n in sorted({x["n"] for x in recs if "n" in x}, reverse=True):
@@ -244,7 +245,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=os.environ.get("OUT"))
     p.add_argument("--kernels", default="norm,attn", help="norm, attn or both (comma separated)")
     p.add_argument("--reps", type=int, default=7, help="graph replays per timing (median)")
+    p.add_argument("--only", default="", help="comma-separated substrings: time only the variants "
+                   "whose names contain one (base and the copy are always timed)")
     args = p.parse_args(argv)
+    if args.only:
+        keep = [w.strip() for w in args.only.split(",") if w.strip()]
+        for table in (kernels.NORM_VARIANTS, kernels.ATTN_VARIANTS):
+            for name in [n for n in table if n != "base" and not any(k in n for k in keep)]:
+                del table[name]
     if not (torch.cuda.is_available() and kernels.AVAILABLE):
         raise SystemExit("memkernels needs CUDA and Triton")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -263,6 +271,13 @@ def main(argv=None) -> None:
         if "attn" in which:
             bench_attention(args.reps, results)
     summary(results)
+    if kernels.PERSIST_FIT:
+        emit("== persistent launches (persist=-1): programs per SM that fit, as counted")
+        for key, fit in kernels.PERSIST_FIT.items():
+            consts = dict(key[-1])
+            shape = {k: consts[k] for k in ("ROWS", "BLOCK_N", "STAGES") if k in consts}
+            emit(f"  {key[0]} {str(key[2]).replace('torch.', '')} warps {key[-2]} {shape}: {fit}")
+        emit("")
     emit(f"# {time.perf_counter() - T0:.1f} s")
     if args.out:
         out = Path(args.out)
