@@ -15,22 +15,25 @@ torch.compile treats it as one opaque call (and CUDA graphs capture it like any 
 Both are checked against float32 by the picks that choose them (``runtime.pick_attention``,
 ``pick_linear``), on this GPU, before use; nothing here runs on the CPU.
 
-Launch variants of the two memory-bound kernels (``residual_norm``, ``short_attention``), chosen
-by ``NORM_LAUNCH`` / ``ATTN_LAUNCH`` (``*_BY_TOKENS[n]`` overrides them for sequences of n
-tokens) and timed side by side by ``python -m softvq_demo.bench.memkernels``. Both kernels only stream bytes, so what they can change is how
-many bytes each program has in flight and how few are fetched twice; the arithmetic (float32
+Launch variants of the two memory-bound kernels (``residual_norm``, ``short_attention``),
+chosen by ``NORM_LAUNCH`` / ``ATTN_LAUNCH`` (``*_BY_TOKENS[n]`` overrides them for sequences of
+n tokens) and timed side by side by ``python -m softvq_demo.bench.memkernels``. Both kernels
+only stream bytes, so what a variant can change is how many bytes each SM has in flight, how
+many instructions each byte costs and how few bytes are fetched twice; the arithmetic (float32
 math, rtne downcasts) is the same in every variant, only the order of float32 sums differs:
 
 - residual_norm: one row per program padded to a power of two (the first kernel: 2048 lanes
-  for a 1152 row, 44% idle), or ``rows`` token rows per program (all of one sequence, so the
-  gate, shift and scale -- L2 reads per row that outweigh the row's own HBM bytes -- are loaded
-  once per program), the row ``split`` into a power-of-two part and an unmasked rest (1152 =
-  1024 + 128), shift and scale loaded ``early`` (before the two reductions, not after them).
+  for a 1152 row, 44% idle but still issuing), or ``rows`` token rows per program (all of one
+  sequence, so the gate, shift and scale -- L2 reads per row that outweigh the row's own HBM
+  bytes -- are loaded once per program), the row ``split`` into a power-of-two part and an
+  unmasked rest (1152 = 1024 + 128), shift and scale loaded ``early`` (before the two
+  reductions, not after them), and ``persist``-ent grids (a few programs per SM, each looping
+  over row blocks with the next block's loads in flight).
 - short_attention: one (row, head) per program as before, or ``items`` (row, head) pairs per
-  program, in an unrolled or a ``stages``-deep pipelined loop (the next head's q, k, v arriving
-  while this one computes), and head dims that are no power of two ``split_d`` into a
-  power-of-two part plus a 16-wide rest (72 = 64 + 16 lanes instead of 128: smaller tiles,
-  fewer registers per program, more programs per SM).
+  program in an unrolled or a ``stages``-deep pipelined loop, or ``persist``-ent grids looping
+  over the pairs (the next pair's q, k, v arriving while this one computes), and head dims
+  that are no power of two ``split_d`` into a power-of-two part plus a 16-wide rest (72 = 64 +
+  16 lanes instead of 128: smaller tiles, fewer registers, more programs per SM).
 """
 from __future__ import annotations
 
@@ -143,10 +146,10 @@ if AVAILABLE:
 
     @triton.jit
     def _short_attn_items_kernel(qkv_ptr, out_ptr, N, stride_qr, stride_qn, stride_or, stride_on,
-                                 qk_scale, total, H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                                 DA: tl.constexpr, DB: tl.constexpr, ITEMS: tl.constexpr,
-                                 STAGES: tl.constexpr, UNROLL: tl.constexpr,
-                                 PERSIST: tl.constexpr):
+                                 qk_scale, total, H: tl.constexpr, D: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                                 ITEMS: tl.constexpr, STAGES: tl.constexpr,
+                                 UNROLL: tl.constexpr, PERSIST: tl.constexpr):
         # ITEMS consecutive (row, head) pairs: the heads of a row, then the next row's; or
         # (PERSIST) a grid of a few programs per SM looping over pairs pid, pid + grid, ...
         first = tl.program_id(0) * ITEMS
@@ -454,10 +457,11 @@ def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor
 # token rows per program (reduced to a power of two dividing the sequence length); split: the
 # row as a power-of-two part + an unmasked rest (1152 = 1024 + 128) instead of one padded
 # block; early: shift and scale loaded before the reductions; evict: h and o loaded
-# evict-first, the modulation evict-last; persist k: k programs per SM (-1: as many as fit), each looping over
-# blocks of ``rows`` pid, pid + grid, ... (``stages`` deep: the next block's loads in flight);
-# num_warps None: the first kernel's rule (4 up to a 2048 block). rows=1 and nothing else set
-# (split, early, evict, persist) is that kernel itself (``_residual_norm_kernel``, unchanged).
+# evict-first, the modulation evict-last; persist k: k programs per SM (-1: as many as fit),
+# each looping over blocks of ``rows`` pid, pid + grid, ... (``stages`` deep: the next block's
+# loads in flight); num_warps None: the first kernel's rule (4 up to a 2048 block). rows=1 and
+# nothing else set (split, early, evict, persist) is that kernel itself
+# (``_residual_norm_kernel``, unchanged).
 NORM_BASE = dict(rows=1, split=False, early=False, evict=False, persist=0, stages=1, num_warps=None)
 NORM_VARIANTS = {
     "base": NORM_BASE,
