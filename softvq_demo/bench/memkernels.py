@@ -11,8 +11,9 @@ to 1e-2, the stream as ``residual_norm_ok`` checks it: 1e-6 in float32, 1e-3 in 
 timed by ``kernels.graph_ms`` over rotating input copies (> 256 MB of inputs per case, so each
 call reads from HBM, not L2; every call's outputs kept alive so writes land in fresh memory).
 GB/s counts each input read once and each output written once; "copy" is a device copy of the
-same number of bytes (half read, half written), the ceiling to compare with. A variant that
-fails to compile or run is logged and skipped.
+same number of bytes (half read, half written), the ceiling to compare with; "speed-up" is the
+current kernel's ("base") time over the variant's. A variant that fails to compile or run is
+logged and skipped.
 
     python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--only persist,split] [--reps 7]
 
@@ -92,13 +93,13 @@ def copy_us(total_bytes: int, reps: int) -> float:
 
 def table_row(case: str, name: str, us: float, gbs: float, base_us, err: str) -> str:
     speed = f"{base_us / us:5.3f}x" if base_us and us == us else "    -"
-    return f"{case:24s} {name:22s} {us:8.2f} {gbs:8.0f} {speed:>8s}  {err}"
+    return f"{case:24s} {name:26s} {us:8.2f} {gbs:8.0f} {speed:>8s}  {err}"
 
 
 def bench_norm(reps: int, results: list) -> None:
     dev = torch.device(DEVICE)
     emit("== residual_norm: h, o -> h + gate*o (h's dtype), modulated LayerNorm (bf16)")
-    emit(f"{'case':24s} {'variant':22s} {'us':>8s} {'GB/s':>8s} {'vs base':>8s}  rel err (h, m)")
+    emit(f"{'case':24s} {'variant':26s} {'us':>8s} {'GB/s':>8s} {'speed-up':>8s}  rel err (h, m)")
     for res_dtype in (torch.bfloat16, torch.float32):
         for r, n in CASES:
             rows = r * n
@@ -134,7 +135,7 @@ def bench_norm(reps: int, results: list) -> None:
                     emit(table_row(case, name, us, rec["gbs"], base_us, err))
                 except Exception as exc:  # a variant that does not compile here: say so, go on
                     rec.update(error=f"{type(exc).__name__}: {exc}")
-                    emit(f"{case:24s} {name:22s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
+                    emit(f"{case:24s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
                     log(traceback.format_exc(limit=3))
                 results.append(rec)
             try:
@@ -159,7 +160,7 @@ def attention_reference(qkv: torch.Tensor) -> torch.Tensor:
 def bench_attention(reps: int, results: list) -> None:
     dev = torch.device(DEVICE)
     emit(f"== short_attention: qkv (R, N, {3 * HIDDEN}) bf16 -> (R, N, {HIDDEN}), {HEADS} heads of {HIDDEN // HEADS}")
-    emit(f"{'case':24s} {'variant':22s} {'us':>8s} {'GB/s':>8s} {'vs base':>8s}  rel err vs fp32")
+    emit(f"{'case':24s} {'variant':26s} {'us':>8s} {'GB/s':>8s} {'speed-up':>8s}  rel err vs fp32")
     for r, n in CASES:
         case = f"qkv ({r}, {n}, {3 * HIDDEN})"
         g = torch.Generator(device=dev).manual_seed(r * n)
@@ -184,7 +185,7 @@ def bench_attention(reps: int, results: list) -> None:
                 emit(table_row(case, name, us, rec["gbs"], base_us, f"{e:.1e}" + ("" if rec["ok"] else "  WRONG")))
             except Exception as exc:
                 rec.update(error=f"{type(exc).__name__}: {exc}")
-                emit(f"{case:24s} {name:22s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
+                emit(f"{case:24s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
                 log(traceback.format_exc(limit=3))
             results.append(rec)
         try:
@@ -233,7 +234,7 @@ def summary(results: list) -> None:
             scored.sort(reverse=True)
             emit(f"  {n} tokens ({'; '.join(cases)}):")
             for gm, name, ratios in scored:
-                emit(f"    {name:22s} {gm:5.3f}x   (" + ", ".join(f"{q:5.3f}" for q in ratios) + ")")
+                emit(f"    {name:26s} {gm:5.3f}x   (" + ", ".join(f"{q:5.3f}" for q in ratios) + ")")
             best = next((name for _, name, _ in scored if name != "copy"), None)
             if best:
                 emit(f"    -> kernels.{prefix}_LAUNCH_BY_TOKENS[{n}] = kernels.{prefix}_VARIANTS[{best!r}]")
