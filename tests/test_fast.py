@@ -316,19 +316,29 @@ import torch
 from softvq_demo.sampling.fast import kernels as K
 torch.manual_seed(0)
 out = {}
-r, n, h, d = 3, 40, 4, 24
-qkv = torch.randn(r, n, 3 * h * d)
-q, k, v = qkv.view(r, n, 3, h, d).permute(2, 0, 3, 1, 4)
-ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(r, n, h * d)
-out["attention"] = float((K._short_attention_impl(qkv, h) - ref).norm() / ref.norm())
-hid = 72
-hs, o = torch.randn(r, n, hid), torch.randn(r, n, hid)
-mod = torch.randn(r, 7 * hid)
-gate, ss = mod[:, hid:2 * hid], mod[:, 4 * hid:6 * hid]
-ref_h, ref_m = K.residual_norm_reference(hs, o, gate, ss)
-got_h, got_m = K._residual_norm_impl(hs, o, gate, ss)
-out["norm_h"] = float((got_h - ref_h).norm() / ref_h.norm())
-out["norm_m"] = float((got_m - ref_m).norm() / ref_m.norm())
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+# every launch variant: N not a power of two (40), head dims 24 (16 + 16, 8 masked) and 72
+# (64 + 16); 8 (row, head) pairs span several rows
+for r, n, h, d in ((4, 40, 2, 24), (2, 32, 2, 72)):
+    qkv = torch.randn(r, n, 3 * h * d)
+    q, k, v = qkv.view(r, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(r, n, h * d)
+    for name, launch in K.ATTN_VARIANTS.items():
+        e = rel(K._short_attention_impl(qkv, h, launch), ref)
+        out["attention/" + name] = max(out.get("attention/" + name, 0.0), e)
+    out["attention/default"] = max(out.get("attention/default", 0.0), rel(K._short_attention_impl(qkv, h), ref))
+# rows 40 (8 rows per program divide it) and 6 (rows per program cut to 2); rows 72 = 64 + 8,
+# 100 = 64 + 64 with 28 masked, and the padded blocks 128
+for r, n, hid in ((3, 40, 72), (2, 6, 100)):
+    hs, o = torch.randn(r, n, hid), torch.randn(r, n, hid)
+    mod = torch.randn(r, 7 * hid)
+    gate, ss = mod[:, hid:2 * hid], mod[:, 4 * hid:6 * hid]
+    ref_h, ref_m = K.residual_norm_reference(hs, o, gate, ss)
+    for name, launch in list(K.NORM_VARIANTS.items()) + [("default", None)]:
+        got_h, got_m = K._residual_norm_impl(hs, o, gate, ss, launch)
+        for key, e in (("norm_h/" + name, rel(got_h, ref_h)), ("norm_m/" + name, rel(got_m, ref_m))):
+            out[key] = max(out.get(key, 0.0), e)
 a, w, b = torch.randn(24, 256), torch.randn(64, 256) / 16, torch.randn(64)
 ref = torch.nn.functional.gelu(a @ w.t() + b, approximate="tanh")
 out["linear"] = max(float((K._skinny_impl(a, w, b, 1, *cfg) - ref).norm() / ref.norm())
@@ -338,8 +348,9 @@ print(out)
 
 
 def test_triton_kernels_interpreted():
-    """The Triton kernels (short attention, fused residual + LayerNorm, skinny linear) against
-    their PyTorch definitions, run by Triton's CPU interpreter in a subprocess (float32 data:
+    """The Triton kernels (short attention, fused residual + LayerNorm -- each in every launch
+    variant the benchmark times, and the default --, skinny linear) against their PyTorch
+    definitions, run by Triton's CPU interpreter in a subprocess (float32 data:
     the interpreter's bf16 rounding differs from the GPU's; on CUDA each kernel is checked
     against float32 again before use)."""
     pytest.importorskip("triton")
@@ -354,5 +365,9 @@ def test_triton_kernels_interpreted():
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     errs = ast.literal_eval(res.stdout.strip().splitlines()[-1])
-    assert set(errs) == {"attention", "norm_h", "norm_m", "linear"}
+    from softvq_demo.sampling.fast import kernels
+
+    names = list(kernels.NORM_VARIANTS) + ["default"]
+    assert set(errs) == ({"linear"} | {f"attention/{n}" for n in list(kernels.ATTN_VARIANTS) + ["default"]}
+                         | {f"norm_{x}/{n}" for n in names for x in "hm"})
     assert all(e < 1e-5 for e in errs.values()), errs

@@ -14,6 +14,26 @@ torch.compile treats it as one opaque call (and CUDA graphs capture it like any 
 
 Both are checked against float32 by the picks that choose them (``runtime.pick_attention``,
 ``pick_linear``), on this GPU, before use; nothing here runs on the CPU.
+
+Launch variants of the two memory-bound kernels (``residual_norm``, ``short_attention``),
+chosen by ``NORM_LAUNCH`` / ``ATTN_LAUNCH`` (``*_BY_TOKENS[n]`` overrides them for sequences of
+n tokens) and timed side by side by ``python -m softvq_demo.bench.memkernels``. Both kernels
+only stream bytes, so what a variant can change is how many bytes each SM has in flight, how
+many instructions each byte costs and how few bytes are fetched twice; the arithmetic (float32
+math, rtne downcasts) is the same in every variant, only the order of float32 sums differs:
+
+- residual_norm: one row per program padded to a power of two (the first kernel: 2048 lanes
+  for a 1152 row, 44% idle but still issuing), or ``rows`` token rows per program (all of one
+  sequence, so the gate, shift and scale -- L2 reads per row that outweigh the row's own HBM
+  bytes -- are loaded once per program), the row ``split`` into a power-of-two part and an
+  unmasked rest (1152 = 1024 + 128), shift and scale loaded ``early`` (before the two
+  reductions, not after them), and ``persist``-ent grids (a few programs per SM, each looping
+  over row blocks with the next block's loads in flight).
+- short_attention: one (row, head) per program as before, or ``items`` (row, head) pairs per
+  program in an unrolled or a ``stages``-deep pipelined loop, or ``persist``-ent grids looping
+  over the pairs (the next pair's q, k, v arriving while this one computes), and head dims
+  that are no power of two ``split_d`` into a power-of-two part plus a 16-wide rest (72 = 64 +
+  16 lanes instead of 128: smaller tiles, fewer registers, more programs per SM).
 """
 from __future__ import annotations
 
@@ -82,6 +102,170 @@ if AVAILABLE:
         tl.store(m_ptr + base + cols, y.to(m_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok)
 
     @triton.jit
+    def _attn_item(qkv_ptr, out_ptr, item, N, stride_qr, stride_qn, stride_or, stride_on, qk_scale,
+                   H: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, DA: tl.constexpr,
+                   DB: tl.constexpr):
+        # one (row, head): _short_attn_kernel's arithmetic; DB > 0 splits the head dim into DA
+        # (a power of two <= D, unmasked) and DB (the rest, padded to >= 16 for tl.dot)
+        r = item // H
+        h = item % H
+        offs_n = tl.arange(0, BLOCK_N)
+        n_ok = offs_n[:, None] < N
+        offs_a = tl.arange(0, DA)
+        qrow = qkv_ptr + r * stride_qr + offs_n[:, None] * stride_qn + h * D
+        orow = out_ptr + r * stride_or + offs_n[:, None] * stride_on + h * D
+        if DB == 0:
+            mask = n_ok & (offs_a[None, :] < D)
+            q = tl.load(qrow + offs_a[None, :], mask=mask, other=0.0)
+            k = tl.load(qrow + H * D + offs_a[None, :], mask=mask, other=0.0)
+            v = tl.load(qrow + 2 * H * D + offs_a[None, :], mask=mask, other=0.0)
+            s = tl.dot(q, tl.trans(k))
+        else:
+            offs_b = DA + tl.arange(0, DB)
+            mask_b = n_ok & (offs_b[None, :] < D)
+            qa = tl.load(qrow + offs_a[None, :], mask=n_ok, other=0.0)
+            ka = tl.load(qrow + H * D + offs_a[None, :], mask=n_ok, other=0.0)
+            va = tl.load(qrow + 2 * H * D + offs_a[None, :], mask=n_ok, other=0.0)
+            qb = tl.load(qrow + offs_b[None, :], mask=mask_b, other=0.0)
+            kb = tl.load(qrow + H * D + offs_b[None, :], mask=mask_b, other=0.0)
+            vb = tl.load(qrow + 2 * H * D + offs_b[None, :], mask=mask_b, other=0.0)
+            s = tl.dot(qb, tl.trans(kb), tl.dot(qa, tl.trans(ka)))
+        s = s * qk_scale                                 # log2 domain: qk_scale = log2(e)/sqrt(d)
+        s = tl.where(offs_n[None, :] < N, s, float("-inf"))
+        p = tl.math.exp2(s - tl.max(s, 1)[:, None])
+        denom = tl.sum(p, 1)
+        if DB == 0:
+            o = tl.dot(p.to(v.dtype), v) / denom[:, None]
+            tl.store(orow + offs_a[None, :], o.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            p = p.to(va.dtype)
+            oa = tl.dot(p, va) / denom[:, None]
+            tl.store(orow + offs_a[None, :], oa.to(out_ptr.dtype.element_ty), mask=n_ok)
+            ob = tl.dot(p, vb) / denom[:, None]
+            tl.store(orow + offs_b[None, :], ob.to(out_ptr.dtype.element_ty), mask=mask_b)
+
+    @triton.jit
+    def _short_attn_items_kernel(qkv_ptr, out_ptr, N, stride_qr, stride_qn, stride_or, stride_on,
+                                 qk_scale, total, H: tl.constexpr, D: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
+                                 ITEMS: tl.constexpr, STAGES: tl.constexpr,
+                                 UNROLL: tl.constexpr, PERSIST: tl.constexpr):
+        # ITEMS consecutive (row, head) pairs: the heads of a row, then the next row's; or
+        # (PERSIST) a grid of a few programs per SM looping over pairs pid, pid + grid, ...
+        first = tl.program_id(0) * ITEMS
+        if PERSIST:
+            for item in tl.range(tl.program_id(0), total, tl.num_programs(0), num_stages=STAGES):
+                _attn_item(qkv_ptr, out_ptr, item, N, stride_qr, stride_qn, stride_or,
+                           stride_on, qk_scale, H, D, BLOCK_N, DA, DB)
+        elif UNROLL:
+            for i in tl.static_range(ITEMS):
+                _attn_item(qkv_ptr, out_ptr, first + i, N, stride_qr, stride_qn, stride_or,
+                           stride_on, qk_scale, H, D, BLOCK_N, DA, DB)
+        else:  # a loop Triton's pipeliner can prefetch (STAGES-deep) while the dots run
+            for i in tl.range(0, ITEMS, num_stages=STAGES):
+                _attn_item(qkv_ptr, out_ptr, first + i, N, stride_qr, stride_qn, stride_or,
+                           stride_on, qk_scale, H, D, BLOCK_N, DA, DB)
+
+    @triton.jit
+    def _ld32(ptrs, ok, MASKED: tl.constexpr, EVICT: tl.constexpr):
+        if MASKED:
+            x = tl.load(ptrs, mask=ok, other=0.0, eviction_policy=EVICT)
+        else:
+            x = tl.load(ptrs, eviction_policy=EVICT)
+        return x.to(tl.float32)
+
+    @triton.jit
+    def _st_round(ptrs, x, ok, MASKED: tl.constexpr, DOWN: tl.constexpr):
+        if DOWN:  # a 16-bit output: round to nearest even, as PyTorch's .to()
+            x = x.to(ptrs.dtype.element_ty, fp_downcast_rounding="rtne")
+        if MASKED:
+            tl.store(ptrs, x, mask=ok)
+        else:
+            tl.store(ptrs, x)
+
+    @triton.jit
+    def _residual_norm_rows_kernel(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, n_tok, n_blocks,
+                                   stride_g, stride_ss, eps, H: tl.constexpr, ROWS: tl.constexpr,
+                                   BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                                   H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
+                                   EARLY: tl.constexpr, STREAM: tl.constexpr,
+                                   KEEP: tl.constexpr, PERSIST: tl.constexpr,
+                                   STAGES: tl.constexpr):
+        # one block of ROWS rows per program, or (PERSIST) a grid of a few programs per SM, each
+        # looping over blocks pid, pid + grid, ... (a loop Triton may prefetch STAGES deep)
+        if PERSIST:
+            for blk in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=STAGES):
+                _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, blk, n_tok, stride_g,
+                          stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
+                          STREAM, KEEP)
+        else:
+            _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, tl.program_id(0), n_tok,
+                      stride_g, stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
+                      STREAM, KEEP)
+
+    @triton.jit
+    def _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, blk, n_tok, stride_g, stride_ss,
+                  eps, H: tl.constexpr, ROWS: tl.constexpr, BLOCK_A: tl.constexpr,
+                  BLOCK_B: tl.constexpr, H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
+                  EARLY: tl.constexpr, STREAM: tl.constexpr, KEEP: tl.constexpr):
+        # ROWS token rows of one sequence (ROWS divides n_tok), each row in two column parts:
+        # [0, BLOCK_A) and, if BLOCK_B > 0, BLOCK_A + [0, BLOCK_B); a part is masked only where
+        # it reaches past H. gate, shift, scale: one load per block, broadcast over its rows.
+        row0 = blk * ROWS
+        r = row0 // n_tok
+        base = (row0 + tl.arange(0, ROWS)).to(tl.int64)[:, None] * H
+        g_row = g_ptr + r * stride_g
+        s_row = ss_ptr + r * stride_ss
+        MA: tl.constexpr = BLOCK_A > H
+        ca = tl.arange(0, BLOCK_A)
+        ok_a = ca < H
+        ha = _ld32(h_ptr + base + ca[None, :], ok_a[None, :], MA, STREAM)
+        oa = _ld32(o_ptr + base + ca[None, :], ok_a[None, :], MA, STREAM)
+        ga = _ld32(g_row + ca, ok_a, MA, KEEP)
+        if BLOCK_B > 0:
+            MB: tl.constexpr = BLOCK_A + BLOCK_B > H
+            cb = BLOCK_A + tl.arange(0, BLOCK_B)
+            ok_b = cb < H
+            hb = _ld32(h_ptr + base + cb[None, :], ok_b[None, :], MB, STREAM)
+            ob = _ld32(o_ptr + base + cb[None, :], ok_b[None, :], MB, STREAM)
+            gb = _ld32(g_row + cb, ok_b, MB, KEEP)
+        if EARLY:  # shift and scale in flight during the reductions
+            sha = _ld32(s_row + ca, ok_a, MA, KEEP)
+            sca = _ld32(s_row + H + ca, ok_a, MA, KEEP)
+            if BLOCK_B > 0:
+                shb = _ld32(s_row + cb, ok_b, MB, KEEP)
+                scb = _ld32(s_row + H + cb, ok_b, MB, KEEP)
+        xa = ha + ga[None, :] * oa
+        _st_round(hout_ptr + base + ca[None, :], xa, ok_a[None, :], MA, H_DOWN)
+        total = tl.sum(xa, 1)
+        if BLOCK_B > 0:
+            xb = hb + gb[None, :] * ob
+            _st_round(hout_ptr + base + cb[None, :], xb, ok_b[None, :], MB, H_DOWN)
+            total += tl.sum(xb, 1)
+        mean = (total / H)[:, None]
+        da = xa - mean
+        if MA:
+            da = tl.where(ok_a[None, :], da, 0.0)
+        sq = tl.sum(da * da, 1)
+        if BLOCK_B > 0:
+            db = xb - mean
+            if MB:
+                db = tl.where(ok_b[None, :], db, 0.0)
+            sq += tl.sum(db * db, 1)
+        rstd = (1.0 / tl.sqrt(sq / H + eps))[:, None]
+        if not EARLY:
+            sha = _ld32(s_row + ca, ok_a, MA, KEEP)
+            sca = _ld32(s_row + H + ca, ok_a, MA, KEEP)
+            if BLOCK_B > 0:
+                shb = _ld32(s_row + cb, ok_b, MB, KEEP)
+                scb = _ld32(s_row + H + cb, ok_b, MB, KEEP)
+        ya = da * rstd * (1.0 + sca[None, :]) + sha[None, :]
+        _st_round(m_ptr + base + ca[None, :], ya, ok_a[None, :], MA, M_DOWN)
+        if BLOCK_B > 0:
+            yb = db * rstd * (1.0 + scb[None, :]) + shb[None, :]
+            _st_round(m_ptr + base + cb[None, :], yb, ok_b[None, :], MB, M_DOWN)
+
+    @triton.jit
     def _gelu_tanh(x):
         # 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), tanh through exp2 (PyTorch's tanh GELU)
         u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
@@ -144,18 +328,116 @@ def short_attention_ok(tokens: int, head_dim: int) -> bool:
     return AVAILABLE and tokens <= 128 and head_dim <= 128
 
 
-def _short_attention_impl(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+# How ``short_attention`` launches (``ATTN_VARIANTS`` names the ones the benchmark times):
+# items: (row, head) pairs per program (reduced to a divisor of rows·heads); unroll: those in
+# an unrolled loop, else a tl.range loop pipelined ``stages`` deep; split_d: a head dim that is
+# no power of two as a power-of-two part + a 16-wide rest; persist k: k programs per SM (-1:
+# as many as fit; not items), each looping over pairs pid, pid + grid, ... (``stages`` deep,
+# the next pair's q, k, v in flight while this one computes); num_warps None: the
+# first kernel's rule (4 up to a 64×128 tile, else 8). items=1, split_d=False, persist=0,
+# num_warps=None is that kernel itself (``_short_attn_kernel``, unchanged).
+ATTN_BASE = dict(items=1, unroll=True, stages=1, split_d=False, persist=0, num_warps=None)
+ATTN_VARIANTS = {
+    "base": ATTN_BASE,
+    "w2": dict(ATTN_BASE, num_warps=2),
+    "w8": dict(ATTN_BASE, num_warps=8),
+    "split": dict(ATTN_BASE, split_d=True, num_warps=4),
+    "split w2": dict(ATTN_BASE, split_d=True, num_warps=2),
+    "split w8": dict(ATTN_BASE, split_d=True, num_warps=8),
+    "split i2": dict(ATTN_BASE, split_d=True, items=2, num_warps=4),
+    "split i2 pipe2": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=4),
+    "split i4 pipe2": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=2, num_warps=4),
+    "split i2 pipe2 w8": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=8),
+    # persistent (persist=-1: as many programs per SM as fit, counted from the compiled kernel)
+    "split persist pipe2": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=4),
+    "split persist pipe3": dict(ATTN_BASE, split_d=True, persist=-1, stages=3, num_warps=4),
+    "split persist pipe2 w2": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=2),
+    "split persist pipe2 w8": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=8),
+    "split persist3 pipe2": dict(ATTN_BASE, split_d=True, persist=3, stages=2, num_warps=4),
+}
+# The default, and per sequence length (tokens) overrides of it. "split": 72 = 64 + 16 lanes
+# cuts the tile from 64x128 to 64x80 (sm_90 compile: 107 -> 88 registers, 48 -> 30 KB shared
+# memory for 64 tokens: 5 programs per SM instead of 4), the same program otherwise; the
+# pipelined loops were left for the benchmark to argue for (their grids quantise coarsely:
+# 2048 (row, head) pairs in 4s fill 132 SMs x 3 programs in 1.3 waves).
+ATTN_LAUNCH = dict(ATTN_VARIANTS["split"])
+ATTN_LAUNCH_BY_TOKENS: dict = {}
+
+
+def _short_attention_impl(qkv: torch.Tensor, heads: int, launch: Optional[dict] = None) -> torch.Tensor:
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     r, n, three_hd = qkv.shape
+    launch = ATTN_LAUNCH_BY_TOKENS.get(n, ATTN_LAUNCH) if launch is None else launch
     hd = three_hd // 3
     d = hd // heads
     out = torch.empty(r, n, hd, device=qkv.device, dtype=qkv.dtype)
     block_n, block_d = _next_pow2(n), _next_pow2(d)
-    _short_attn_kernel[(r * heads,)](qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0),
-                                     out.stride(1), math.log2(math.e) / math.sqrt(d), H=heads, D=d,
-                                     BLOCK_N=block_n, BLOCK_D=block_d,
-                                     num_warps=4 if block_n * block_d <= 64 * 128 else 8)
+    warps = launch.get("num_warps") or (4 if block_n * block_d <= 64 * 128 else 8)
+    scale = math.log2(math.e) / math.sqrt(d)
+    items = max(1, int(launch.get("items", 1)))
+    while (r * heads) % items:
+        items //= 2
+    da, db = block_d, 0
+    if launch.get("split_d") and d > 16 and d & (d - 1):
+        da = 1 << (d.bit_length() - 1)             # 72 -> 64 + 16 (8 of them masked)
+        db = _next_pow2(d - da)
+    if items == 1 and db == 0 and launch.get("unroll", True) and not launch.get("persist"):
+        _short_attn_kernel[(r * heads,)](qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0),
+                                         out.stride(1), scale, H=heads, D=d, BLOCK_N=block_n,
+                                         BLOCK_D=block_d, num_warps=warps)
+        return out
+    stages = int(launch.get("stages", 1))
+    per_sm = int(launch.get("persist", 0))
+    consts = dict(H=heads, D=d, BLOCK_N=block_n, DA=da, DB=db, ITEMS=items, STAGES=stages,
+                  UNROLL=bool(launch.get("unroll", True)), PERSIST=bool(per_sm))
+    key = ("attn", qkv.device, qkv.dtype, warps, tuple(consts.items()))
+    grid = _persist_grid(key, per_sm, qkv.device, r * heads) if per_sm else r * heads // items
+    compiled = _short_attn_items_kernel[(grid,)](
+        qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), scale, r * heads,
+        num_warps=warps, num_stages=max(1, stages), **consts)
+    if per_sm < 0:
+        _record_fit(key, compiled, warps, qkv.device)
     return out
+
+
+_SM_COUNTS: dict = {}
+# persistent launches with persist=-1: programs per SM that fit, from the compiled kernel's
+# registers and shared memory (recorded after its first launch, which guesses 2)
+PERSIST_FIT: dict = {}
+
+
+def _persist_grid(key, per_sm: int, device: torch.device, work: int) -> int:
+    fit = per_sm if per_sm > 0 else PERSIST_FIT.get(key, 2)
+    return max(1, min(work, _sm_count(device) * fit))
+
+
+def _record_fit(key, compiled, warps: int, device: torch.device) -> None:
+    if key in PERSIST_FIT or device.type != "cuda":
+        return
+    fit = 2
+    try:
+        props = torch.cuda.get_device_properties(device)
+        regs_sm = getattr(props, "regs_per_multiprocessor", 65536) or 65536
+        smem_sm = getattr(props, "shared_memory_per_multiprocessor", 233472) or 233472
+        threads_sm = getattr(props, "max_threads_per_multi_processor", 2048) or 2048
+        per_warp = -(-int(compiled.n_regs) * 32 // 256) * 256     # allocated per warp, 256 at a time
+        by_regs = (regs_sm // per_warp) // warps if per_warp else 32
+        by_smem = smem_sm // (int(compiled.metadata.shared) + 1024)  # 1 KB the driver keeps per block
+        fit = max(1, min(by_regs, by_smem, threads_sm // (32 * warps), 32))
+    except Exception:  # pragma: no cover - a Triton without these fields: keep the guess
+        pass
+    PERSIST_FIT[key] = fit
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors, for the persistent grids (off CUDA -- Triton's interpreter --
+    a stand-in small enough that each program loops over several blocks)."""
+    if device.type != "cuda":
+        return 2
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SM_COUNTS:
+        _SM_COUNTS[key] = torch.cuda.get_device_properties(key).multi_processor_count
+    return _SM_COUNTS[key]
 
 
 def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor,
@@ -171,8 +453,50 @@ def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor
     return x.to(h.dtype), m.to(o.dtype)
 
 
-def _residual_norm_impl(h, o, gate, shift_scale):
+# How ``residual_norm`` launches (``NORM_VARIANTS``: the ones the benchmark times): rows:
+# token rows per program (reduced to a power of two dividing the sequence length); split: the
+# row as a power-of-two part + an unmasked rest (1152 = 1024 + 128) instead of one padded
+# block; early: shift and scale loaded before the reductions; evict: h and o loaded
+# evict-first, the modulation evict-last; persist k: k programs per SM (-1: as many as fit),
+# each looping over blocks of ``rows`` pid, pid + grid, ... (``stages`` deep: the next block's
+# loads in flight); num_warps None: the first kernel's rule (4 up to a 2048 block). rows=1 and
+# nothing else set (split, early, evict, persist) is that kernel itself
+# (``_residual_norm_kernel``, unchanged).
+NORM_BASE = dict(rows=1, split=False, early=False, evict=False, persist=0, stages=1, num_warps=None)
+NORM_VARIANTS = {
+    "base": NORM_BASE,
+    "r1 pad early": dict(NORM_BASE, early=True),
+    "r2 split early": dict(NORM_BASE, rows=2, split=True, early=True, num_warps=4),
+    "r2 split early w2": dict(NORM_BASE, rows=2, split=True, early=True, num_warps=2),
+    "r4 split late": dict(NORM_BASE, rows=4, split=True, num_warps=4),
+    "r4 split early": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=4),
+    "r4 split early w2": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=2),
+    "r4 split early w8": dict(NORM_BASE, rows=4, split=True, early=True, num_warps=8),
+    "r4 split early evict": dict(NORM_BASE, rows=4, split=True, early=True, evict=True, num_warps=4),
+    "r4 pad early w8": dict(NORM_BASE, rows=4, early=True, num_warps=8),
+    "r8 split early": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=4),
+    "r8 split early w8": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=8),
+    # persistent, the next block's loads in flight (cp.async) while this one computes
+    # (persist=-1: as many programs per SM as fit, counted from the compiled kernel)
+    "r4 split persist pipe2": dict(NORM_BASE, rows=4, split=True, early=True, persist=-1, stages=2, num_warps=4),
+    "r4 split persist pipe3": dict(NORM_BASE, rows=4, split=True, early=True, persist=-1, stages=3, num_warps=4),
+    "r2 split persist pipe2": dict(NORM_BASE, rows=2, split=True, early=True, persist=-1, stages=2, num_warps=4),
+    "r1 split persist pipe3": dict(NORM_BASE, rows=1, split=True, early=True, persist=-1, stages=3, num_warps=4),
+    "r8 split persist pipe2 w8": dict(NORM_BASE, rows=8, split=True, early=True, persist=-1, stages=2, num_warps=8),
+    "r4 split persist4 pipe2": dict(NORM_BASE, rows=4, split=True, early=True, persist=4, stages=2, num_warps=4),
+}
+# The default, and per sequence length (tokens) overrides of it. Why "r4 split early" (sm_90
+# compile, bf16 stream, 1152 wide): 720 warp instructions per row against the first kernel's
+# 1632 (its padded lanes still issue every instruction: at 8192 rows that alone is ~14 us of
+# issue on 132 SMs), gate/shift/scale read from L2 once per 4 rows (6.9 KB per row before,
+# more than the row's own 4.6 KB from HBM), 96 registers: 20 rows in flight per SM against 12.
+NORM_LAUNCH = dict(NORM_VARIANTS["r4 split early"])
+NORM_LAUNCH_BY_TOKENS: dict = {}
+
+
+def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
     r, n, hidden = h.shape
+    launch = NORM_LAUNCH_BY_TOKENS.get(n, NORM_LAUNCH) if launch is None else launch
     h = h.contiguous()
     o = o.contiguous()
     gate = gate if gate.stride(-1) == 1 else gate.contiguous()
@@ -180,10 +504,34 @@ def _residual_norm_impl(h, o, gate, shift_scale):
     h_out = torch.empty_like(h)
     m = torch.empty(r, n, hidden, device=h.device, dtype=o.dtype)
     block = _next_pow2(hidden)
-    _residual_norm_kernel[(r * n,)](h, o, gate, shift_scale, h_out, m, n, gate.stride(0),
-                                    shift_scale.stride(0), 1e-6, H=hidden, BLOCK=block,
-                                    H_DOWN=h.dtype != torch.float32,
-                                    num_warps=4 if block <= 2048 else 8)
+    warps = launch.get("num_warps") or (4 if block <= 2048 else 8)
+    rows = 1 << (max(1, int(launch.get("rows", 1))).bit_length() - 1)
+    while n % rows:
+        rows //= 2
+    split, early, evict = bool(launch.get("split")), bool(launch.get("early")), bool(launch.get("evict"))
+    if rows == 1 and not (split or early or evict or launch.get("persist")):
+        _residual_norm_kernel[(r * n,)](h, o, gate, shift_scale, h_out, m, n, gate.stride(0),
+                                        shift_scale.stride(0), 1e-6, H=hidden, BLOCK=block,
+                                        H_DOWN=h.dtype != torch.float32, num_warps=warps)
+        return h_out, m
+    block_a, block_b = block, 0
+    if split and hidden & (hidden - 1):
+        block_a = 1 << (hidden.bit_length() - 1)    # 1152 -> 1024 + 128
+        block_b = _next_pow2(hidden - block_a, least=1)
+    blocks = r * n // rows
+    per_sm = int(launch.get("persist", 0))
+    stages = int(launch.get("stages", 1))
+    consts = dict(H=hidden, ROWS=rows, BLOCK_A=block_a, BLOCK_B=block_b,
+                  H_DOWN=h.dtype != torch.float32, M_DOWN=m.dtype != torch.float32, EARLY=early,
+                  STREAM="evict_first" if evict else "", KEEP="evict_last" if evict else "",
+                  PERSIST=bool(per_sm), STAGES=stages)
+    key = ("norm", h.device, h.dtype, o.dtype, warps, tuple(consts.items()))
+    grid = _persist_grid(key, per_sm, h.device, blocks) if per_sm else blocks
+    compiled = _residual_norm_rows_kernel[(grid,)](
+        h, o, gate, shift_scale, h_out, m, n, blocks, gate.stride(0), shift_scale.stride(0), 1e-6,
+        num_warps=warps, num_stages=max(1, stages), **consts)
+    if per_sm < 0:
+        _record_fit(key, compiled, warps, h.device)
     return h_out, m
 
 
