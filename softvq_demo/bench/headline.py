@@ -11,6 +11,8 @@ round by round so that the card's power and clock state weighs on all alike:
 - ``fast-fp32-stream``: the same with the residual stream stored in float32;
 - ``fast-cublas-fc1``: the default with fc1 + GELU through cuBLAS's epilogue instead of the
   persistent Triton kernel (``sampling.fast.gemm``) where that was picked;
+- ``fast-base-kernels``: the default with the residual + LayerNorm and attention kernels launched
+  as the previous session did (``kernels.*_VARIANTS["base"]``);
 - ``previous``: issue 19's measured revision (float32 stream, torch.compile's fused
   LayerNorm passes, SDPA's kernels);
 - ``reference path``: what ``sample()`` runs with the fast path off (``sample_flow`` on the
@@ -45,10 +47,28 @@ VARIANTS = {
     "fast": ({}, runtime.ATTENTION_BACKENDS),
     "fast-fp32-stream": ({"SOFTVQ_RESIDUAL": "fp32"}, runtime.ATTENTION_BACKENDS),
     "fast-cublas-fc1": ({"SOFTVQ_TRITON_FC1": "0"}, runtime.ATTENTION_BACKENDS),
+    # the default with the previous session's launches of the two memory-bound kernels
+    "fast-base-kernels": ({}, runtime.ATTENTION_BACKENDS),
     "previous": ({"SOFTVQ_RESIDUAL": "fp32", "SOFTVQ_FUSED_NORM": "0"}, ("flash", "efficient", "cudnn")),
 }
 TARGETS = {(64, 64): ("images/s", 21.0, ">="), (32, 64): ("images/s", 40.0, ">="),
            (64, 1): ("ms/image", 40.0, "<="), (32, 1): ("ms/image", 40.0, "<=")}
+
+
+LAUNCH_TABLES = ("NORM_LAUNCH_BY_TOKENS", "ATTN_LAUNCH_BY_TOKENS")
+
+
+def apply_launches(path: str) -> dict:
+    """Per sequence length launches of the memory-bound kernels from ``bench.memkernels``'s
+    best_launch.json ({"NORM" | "ATTN": {tokens: variant}}), for every variant but
+    fast-base-kernels; returns what was applied."""
+    best = json.loads(Path(path).read_text())
+    for prefix, per in best.items():
+        variants = getattr(kernels, f"{prefix}_VARIANTS")
+        table = getattr(kernels, f"{prefix}_LAUNCH_BY_TOKENS")
+        for n, name in per.items():
+            table[int(n)] = dict(variants[name])
+    return best
 
 
 def log(msg: str) -> None:
@@ -69,6 +89,12 @@ class Variant:
         runtime.ATTENTION_BACKENDS = self.backends
         runtime.ATTENTION_PICKS.clear()
         kernels.NORM_CHECKS.clear()
+        self.saved_launches = {k: dict(getattr(kernels, k)) for k in LAUNCH_TABLES}
+        if self.name == "fast-base-kernels":
+            for prefix in ("NORM", "ATTN"):
+                table = getattr(kernels, f"{prefix}_LAUNCH_BY_TOKENS")
+                for n in (32, 64):
+                    table[n] = dict(getattr(kernels, f"{prefix}_VARIANTS")["base"])
         return self
 
     def __exit__(self, *exc):
@@ -78,6 +104,9 @@ class Variant:
             else:
                 os.environ[k] = v
         runtime.ATTENTION_BACKENDS = self.saved_backends
+        for k, v in self.saved_launches.items():
+            getattr(kernels, k).clear()
+            getattr(kernels, k).update(v)
 
 
 def describe(gen) -> str:
@@ -109,6 +138,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-agreement", action="store_true")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny SiTs (a CPU smoke run of the harness)")
+    p.add_argument("--launches", default=None,
+                   help="best_launch.json of bench.memkernels: its per-length kernel launches apply")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip() in VARIANTS]
     out = Path(args.out) if args.out else None
@@ -117,6 +148,12 @@ def main(argv=None) -> None:
         log(f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}; "
             f"SOFTVQ_RESIDUAL={os.environ.get('SOFTVQ_RESIDUAL', 'auto')}")
         results: dict = {"variants": {}, "reference": {}, "agreement": {}, "how": {}}
+        if args.launches:
+            results["launches"] = apply_launches(args.launches)
+            log(f"launches applied: {results['launches']}")
+        results["launch_tables"] = {k: {n: [name for name, v in getattr(
+            kernels, k.split("_")[0] + "_VARIANTS").items() if v == launch]
+            for n, launch in getattr(kernels, k).items()} for k in LAUNCH_TABLES}
         for n, d in ((64, 32), (32, 64)):
             gen = build_sit(n, d, dev, tiny=args.tiny)
             for b, setting in ((64, "250 sde"), (1, "50 euler")):

@@ -204,6 +204,9 @@ def geomean(xs: list) -> float:
     return math.exp(sum(map(math.log, xs)) / len(xs))
 
 
+BEST: dict = {}   # {"NORM" | "ATTN": {tokens: variant}}: the fastest per sequence length, for --launches
+
+
 def summary(results: list) -> None:
     """Per kernel and sequence length: each variant's geometric-mean speed-up over base across
     those cases (only variants that ran and passed their check in every one), best first, and
@@ -237,6 +240,7 @@ def summary(results: list) -> None:
                 emit(f"    {name:26s} {gm:5.3f}x   (" + ", ".join(f"{q:5.3f}" for q in ratios) + ")")
             best = next((name for _, name, _ in scored if name != "copy"), None)
             if best:
+                BEST.setdefault(prefix, {})[n] = best
                 emit(f"    -> kernels.{prefix}_LAUNCH_BY_TOKENS[{n}] = kernels.{prefix}_VARIANTS[{best!r}]")
     emit("")
 
@@ -285,6 +289,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "memkernels.txt").write_text("\n".join(LINES) + "\n")
         (out / "memkernels.json").write_text(json.dumps(results, indent=1, default=str))
+        # what `bench.headline --launches` applies: the measured best per sequence length
+        (out / "best_launch.json").write_text(json.dumps(BEST, indent=1))
         log(f"wrote {out / 'memkernels.txt'}")
 
 
