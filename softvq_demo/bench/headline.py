@@ -190,6 +190,8 @@ def main(argv=None) -> None:
             gen = None
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+    from ..sampling.fast import gemm
+    results["fc1_picks"] = {str(k[1:4]): v for k, v in gemm.PICKS.items()}   # what was timed, per shape
     text = report(results, names)
     print(text)
     if out:

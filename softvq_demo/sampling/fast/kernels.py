@@ -37,6 +37,7 @@ math, rtne downcasts) is the same in every variant, only the order of float32 su
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 from typing import Optional
@@ -355,13 +356,13 @@ ATTN_VARIANTS = {
     "split persist pipe2 w8": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=8),
     "split persist3 pipe2": dict(ATTN_BASE, split_d=True, persist=3, stages=2, num_warps=4),
 }
-# The default, and per sequence length (tokens) overrides of it. "split": 72 = 64 + 16 lanes
-# cuts the tile from 64x128 to 64x80 (sm_90 compile: 107 -> 88 registers, 48 -> 30 KB shared
-# memory for 64 tokens: 5 programs per SM instead of 4), the same program otherwise; the
-# pipelined loops were left for the benchmark to argue for (their grids quantise coarsely:
-# 2048 (row, head) pairs in 4s fill 132 SMs x 3 programs in 1.3 waves).
+# The default, and per sequence length (tokens) overrides of it, as measured on the H200
+# (2026-12-02, `python -m softvq_demo.bench.memkernels`, speed-up over "base"): 64 tokens
+# "split" 1.07x (72 = 64 + 16 lanes: a 64x80 tile instead of 64x128, 88 instead of 107
+# registers, 5 programs per SM instead of 4); 32 tokens "split w2" 1.15x (two warps hold the
+# 32x80 tile), the persistent pipelined variant 1.16x but with its occupancy counted at run time.
 ATTN_LAUNCH = dict(ATTN_VARIANTS["split"])
-ATTN_LAUNCH_BY_TOKENS: dict = {}
+ATTN_LAUNCH_BY_TOKENS: dict = {32: dict(ATTN_VARIANTS["split w2"])}
 
 
 def _short_attention_impl(qkv: torch.Tensor, heads: int, launch: Optional[dict] = None) -> torch.Tensor:
@@ -485,12 +486,13 @@ NORM_VARIANTS = {
     "r8 split persist pipe2 w8": dict(NORM_BASE, rows=8, split=True, early=True, persist=-1, stages=2, num_warps=8),
     "r4 split persist4 pipe2": dict(NORM_BASE, rows=4, split=True, early=True, persist=4, stages=2, num_warps=4),
 }
-# The default, and per sequence length (tokens) overrides of it. Why "r4 split early" (sm_90
-# compile, bf16 stream, 1152 wide): 720 warp instructions per row against the first kernel's
-# 1632 (its padded lanes still issue every instruction: at 8192 rows that alone is ~14 us of
-# issue on 132 SMs), gate/shift/scale read from L2 once per 4 rows (6.9 KB per row before,
-# more than the row's own 4.6 KB from HBM), 96 registers: 20 rows in flight per SM against 12.
-NORM_LAUNCH = dict(NORM_VARIANTS["r4 split early"])
+# The default, and per sequence length (tokens) overrides of it, as measured on the H200
+# (2026-12-02, `bench.memkernels`, bf16 and float32 streams, 2048-8192 rows): "r1 pad early"
+# (one row per program as before, shift and scale loaded before the reductions) 1.06x over
+# "base" at 64 tokens and 1.10x at 32, at 0.87x / 0.9x of a plain copy of the same bytes;
+# the 4-row and 1024 + 128 split variants, chosen from their sm_90 compile figures, measured
+# 0.80-1.0x (the split's layout conversion through shared memory costs more than the idle lanes).
+NORM_LAUNCH = dict(NORM_VARIANTS["r1 pad early"])
 NORM_LAUNCH_BY_TOKENS: dict = {}
 
 
@@ -665,6 +667,7 @@ def graph_ms(fn, inner: int = 20, reps: int = 5) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+    gc.collect()   # see runtime._Graphs._capture: no graph may be destroyed during the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(inner):

@@ -7,6 +7,7 @@ know nothing about any model family.
 from __future__ import annotations
 
 import copy
+import gc
 import importlib.util
 import os
 import threading
@@ -151,6 +152,7 @@ def release(model: Optional[nn.Module] = None) -> None:
             cache.clear()
         else:
             cache.drop(model)
+    gc.collect()   # their CUDA graphs are destroyed now, not during some later capture
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -203,6 +205,10 @@ class _Graphs:
                 self._warm_up(fn, reset)
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize(self.device)
+            # graphs of released runners may still wait in reference cycles; the collector
+            # destroying one during the capture fails it ("operation not permitted when stream
+            # is capturing", seen on the H200 after a release): collect them first
+            gc.collect()
             g = torch.cuda.CUDAGraph()
             try:
                 # thread_local: a background warm-up (sampling.policy) may capture while
@@ -265,6 +271,7 @@ def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: 
         with torch.cuda.stream(side):
             call(1)
         torch.cuda.current_stream().wait_stream(side)
+        gc.collect()  # see _Graphs._capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # see _Graphs._capture
             out = call(1)
