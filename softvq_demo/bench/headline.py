@@ -9,8 +9,6 @@ round by round so that the card's power and clock state weighs on all alike:
 - ``fast``: the default fast path (Triton short-sequence attention and fused residual +
   LayerNorm passes where their checks pass, residual stream stored in bf16 on CUDA);
 - ``fast-fp32-stream``: the same with the residual stream stored in float32;
-- ``fast-cublas-fc1``: the default with fc1 + GELU through cuBLAS's epilogue instead of the
-  persistent Triton kernel (``sampling.fast.gemm``) where that was picked;
 - ``fast-base-kernels``: the default with the residual + LayerNorm and attention kernels launched
   as the previous session did (``kernels.*_VARIANTS["base"]``);
 - ``previous``: issue 19's measured revision (float32 stream, torch.compile's fused
@@ -46,7 +44,6 @@ T0 = time.perf_counter()
 VARIANTS = {
     "fast": ({}, runtime.ATTENTION_BACKENDS),
     "fast-fp32-stream": ({"SOFTVQ_RESIDUAL": "fp32"}, runtime.ATTENTION_BACKENDS),
-    "fast-cublas-fc1": ({"SOFTVQ_TRITON_FC1": "0"}, runtime.ATTENTION_BACKENDS),
     # the default with the previous session's launches of the two memory-bound kernels
     "fast-base-kernels": ({}, runtime.ATTENTION_BACKENDS),
     "previous": ({"SOFTVQ_RESIDUAL": "fp32", "SOFTVQ_FUSED_NORM": "0"}, ("flash", "efficient", "cudnn")),
@@ -111,9 +108,8 @@ class Variant:
 
 def describe(gen) -> str:
     f = fastmod.sit_fast(gen)
-    fc1 = sorted(rows for rows, p in f.lin_picks.items() if p is not None and p[2] is not None)
     return (f"stream {str(f.residual).replace('torch.', '')}, attention {f.attn or 'sdpa'}, "
-            f"fused norm {f.fused_norm}, Triton fc1 at rows {fc1 or 'none'}")
+            f"fused norm {f.fused_norm}")
 
 
 def sync() -> None:
@@ -190,8 +186,6 @@ def main(argv=None) -> None:
             gen = None
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    from ..sampling.fast import gemm
-    results["fc1_picks"] = {str(k[1:4]): v for k, v in gemm.PICKS.items()}   # what was timed, per shape
     text = report(results, names)
     print(text)
     if out:

@@ -27,9 +27,6 @@ SiT (flow matching)
     - each residual add + LayerNorm + modulation is one Triton pass (``kernels.residual_norm``)
       where its check against PyTorch passes (then the block is not torch.compiled: nothing of
       it is left for Inductor); otherwise the compiled expressions.
-    - from ``gemm.MIN_ROWS`` token rows, fc1 + bias + tanh GELU runs as a persistent Triton GEMM
-      (``gemm.fc1_gelu``: TMA loads, the hardware tanh in a split epilogue) where ``gemm.pick_fc1``
-      timed it faster than cuBLAS's GELU epilogue for that row count on this GPU.
     Not an exact rewrite: with bf16 weights (CUDA) the residual stream is *stored* in bf16 (its
     adds and LayerNorms in float32); ``SOFTVQ_RESIDUAL=fp32`` stores it in float32. Agreement
     with float32 for both is in docs/benchmarks.md (H200, 2026-12-02).
@@ -48,8 +45,7 @@ MaskGIT
     and every step as a graph replay without host syncs.
 
 Modules, by subject: ``runtime`` (switches, compile, CUDA graphs, attention-kernel pick,
-low-precision copies, per-model caches), ``kernels`` (Triton kernels behind custom ops), ``gemm``
-(the persistent fc1 + GELU GEMM and its pick), ``sit``,
+low-precision copies, per-model caches), ``kernels`` (Triton kernels behind custom ops), ``sit``,
 ``tokenizers``, ``maskgit``. The models are
 reached through small documented hooks (``SiT.functional_weights``,
 ``Tokenizer.latents_from_indices``, MaskGIT's ``body``), not through their submodules.
@@ -58,8 +54,7 @@ Switches: ``SOFTVQ_FAST=0`` turns the fast path off in ``sample``/``generate``;
 ``SOFTVQ_COMPILE=0`` keeps it but skips ``torch.compile``; ``SOFTVQ_CUDA_GRAPHS=0`` skips graphs;
 ``SOFTVQ_RESIDUAL=fp32|bf16`` the residual stream's storage; ``SOFTVQ_FUSED_NORM=0`` the Inductor
 LayerNorm passes instead of the Triton one; ``SOFTVQ_ATTENTION=...`` forces an attention kernel;
-``SOFTVQ_SKINNY=1`` lets ``kernels.pick_linear`` time skinny GEMMs for batch 1;
-``SOFTVQ_TRITON_FC1=0`` keeps fc1 on cuBLAS.
+``SOFTVQ_SKINNY=1`` lets ``kernels.pick_linear`` time skinny GEMMs for batch 1.
 """
 from .maskgit import sample_maskgit_fast
 from .runtime import (ATTENTION_PICKS, compile_enabled, fast_enabled, graphs_enabled, low_precision_copy,

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...device import module_device
 from ..flow import path_coefficients, sample_flow, time_grid, validate_options
-from . import gemm, kernels
+from . import kernels
 from .runtime import (BF16, LOCK, _attention_qkv, _Graphs, _maybe_compile, _PerModelCache,
                       compile_enabled, graphs_enabled, pick_attention)
 
@@ -66,14 +66,10 @@ def _sit_embed(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pos: torch.Ten
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, cfg: Optional[tuple], gelu: bool = False
             ) -> torch.Tensor:
-    """x·wᵀ + b (then tanh GELU) on 2-D x: cuBLAS, or the Triton kernel that was timed faster
-    for this shape: ``cfg`` ("skinny", config) from ``kernels.pick_linear`` (few rows, opt-in) or
-    ("fc1", config) from ``gemm.pick_fc1`` (fc1 + GELU at many rows)."""
+    """x·wᵀ + b (then tanh GELU) on 2-D x: cuBLAS, or the skinny Triton kernel config ``cfg``
+    that ``kernels.pick_linear`` timed faster for this shape (few rows: batch-1 sampling)."""
     if cfg is not None:
-        kind, conf = cfg
-        if kind == "fc1":
-            return torch.ops.softvq.fc1_gelu(x, w, b, *conf)
-        return torch.ops.softvq.skinny_linear(x, w, b, 1 if gelu else 0, *conf)
+        return torch.ops.softvq.skinny_linear(x, w, b, 1 if gelu else 0, *cfg)
     if not gelu:
         return F.linear(x, w, b)
     if GELU_EPILOGUE and x.is_cuda:
@@ -182,23 +178,16 @@ class SiTFast:
 
     def linear_picks(self, rows: int) -> Optional[tuple]:
         """Per product (qkv, proj, fc1, fc2) of a block, at ``rows`` token rows: None for cuBLAS
-        or a Triton kernel timed faster on this GPU (CUDA, bf16): the skinny kernel at most 128
-        rows (batch 1, opt-in), the persistent fc1 + GELU kernel from ``gemm.MIN_ROWS`` rows."""
-        if self.device.type != "cuda" or self.dtype != BF16 or not kernels.AVAILABLE:
+        or the skinny Triton config timed faster (CUDA, bf16, at most 128 rows: batch 1)."""
+        if (self.device.type != "cuda" or rows > 128 or self.dtype != BF16
+                or not kernels.AVAILABLE):
             return None
         if rows not in self.lin_picks:
             h = self.hidden
             f = self.blocks[0][4].shape[0]
             shapes = ((3 * h, h, 0), (h, h, 0), (f, h, 1), (h, f, 0))
-            if rows <= 128:
-                picks = tuple(kernels.pick_linear(rows, n, k, act, self.device, self.dtype)
-                              for n, k, act in shapes)
-                picks = tuple(None if p is None else ("skinny", p) for p in picks)
-            else:
-                fc1 = gemm.pick_fc1(rows, f, h, self.device, self.dtype)
-                picks = (None, None, None if fc1 is None else ("fc1", fc1), None)
-            if torch.cuda.is_current_stream_capturing():
-                return picks if any(p is not None for p in picks) else None  # decided, not kept
+            picks = tuple(kernels.pick_linear(rows, n, k, act, self.device, self.dtype)
+                          for n, k, act in shapes)
             self.lin_picks[rows] = picks if any(p is not None for p in picks) else None
         return self.lin_picks[rows]
 
