@@ -15,7 +15,7 @@ same number of bytes (half read, half written), the ceiling to compare with; "sp
 current kernel's ("base") time over the variant's. A variant that fails to compile or run is
 logged and skipped.
 
-    python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--only persist,split] [--reps 7]
+    python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--only split,early] [--reps 7]
 
 Writes the table to stdout and $OUT/memkernels.txt (raw numbers: $OUT/memkernels.json).
 """
@@ -276,13 +276,6 @@ def main(argv=None) -> None:
         if "attn" in which:
             bench_attention(args.reps, results)
     summary(results)
-    if kernels.PERSIST_FIT:
-        emit("== persistent launches (persist=-1): programs per SM that fit, as counted")
-        for key, fit in kernels.PERSIST_FIT.items():
-            consts = dict(key[-1])
-            shape = {k: consts[k] for k in ("ROWS", "BLOCK_N", "STAGES") if k in consts}
-            emit(f"  {key[0]} {str(key[2]).replace('torch.', '')} warps {key[-2]} {shape}: {fit}")
-        emit("")
     emit(f"# {time.perf_counter() - T0:.1f} s")
     if args.out:
         out = Path(args.out)

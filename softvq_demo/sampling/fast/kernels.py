@@ -27,11 +27,9 @@ math, rtne downcasts) is the same in every variant, only the order of float32 su
   sequence, so the gate, shift and scale -- L2 reads per row that outweigh the row's own HBM
   bytes -- are loaded once per program), the row ``split`` into a power-of-two part and an
   unmasked rest (1152 = 1024 + 128), shift and scale loaded ``early`` (before the two
-  reductions, not after them), and ``persist``-ent grids (a few programs per SM, each looping
-  over row blocks with the next block's loads in flight).
+  reductions, not after them).
 - short_attention: one (row, head) per program as before, or ``items`` (row, head) pairs per
-  program in an unrolled or a ``stages``-deep pipelined loop, or ``persist``-ent grids looping
-  over the pairs (the next pair's q, k, v arriving while this one computes), and head dims
+  program in an unrolled or a ``stages``-deep pipelined loop, and head dims
   that are no power of two ``split_d`` into a power-of-two part plus a 16-wide rest (72 = 64 +
   16 lanes instead of 128: smaller tiles, fewer registers, more programs per SM).
 """
@@ -147,18 +145,13 @@ if AVAILABLE:
 
     @triton.jit
     def _short_attn_items_kernel(qkv_ptr, out_ptr, N, stride_qr, stride_qn, stride_or, stride_on,
-                                 qk_scale, total, H: tl.constexpr, D: tl.constexpr,
+                                 qk_scale, H: tl.constexpr, D: tl.constexpr,
                                  BLOCK_N: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
                                  ITEMS: tl.constexpr, STAGES: tl.constexpr,
-                                 UNROLL: tl.constexpr, PERSIST: tl.constexpr):
-        # ITEMS consecutive (row, head) pairs: the heads of a row, then the next row's; or
-        # (PERSIST) a grid of a few programs per SM looping over pairs pid, pid + grid, ...
+                                 UNROLL: tl.constexpr):
+        # ITEMS consecutive (row, head) pairs: the heads of a row, then the next row's
         first = tl.program_id(0) * ITEMS
-        if PERSIST:
-            for item in tl.range(tl.program_id(0), total, tl.num_programs(0), num_stages=STAGES):
-                _attn_item(qkv_ptr, out_ptr, item, N, stride_qr, stride_qn, stride_or,
-                           stride_on, qk_scale, H, D, BLOCK_N, DA, DB)
-        elif UNROLL:
+        if UNROLL:
             for i in tl.static_range(ITEMS):
                 _attn_item(qkv_ptr, out_ptr, first + i, N, stride_qr, stride_qn, stride_or,
                            stride_on, qk_scale, H, D, BLOCK_N, DA, DB)
@@ -185,24 +178,16 @@ if AVAILABLE:
             tl.store(ptrs, x)
 
     @triton.jit
-    def _residual_norm_rows_kernel(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, n_tok, n_blocks,
+    def _residual_norm_rows_kernel(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, n_tok,
                                    stride_g, stride_ss, eps, H: tl.constexpr, ROWS: tl.constexpr,
                                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
                                    H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
                                    EARLY: tl.constexpr, STREAM: tl.constexpr,
-                                   KEEP: tl.constexpr, PERSIST: tl.constexpr,
-                                   STAGES: tl.constexpr):
-        # one block of ROWS rows per program, or (PERSIST) a grid of a few programs per SM, each
-        # looping over blocks pid, pid + grid, ... (a loop Triton may prefetch STAGES deep)
-        if PERSIST:
-            for blk in tl.range(tl.program_id(0), n_blocks, tl.num_programs(0), num_stages=STAGES):
-                _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, blk, n_tok, stride_g,
-                          stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
-                          STREAM, KEEP)
-        else:
-            _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, tl.program_id(0), n_tok,
-                      stride_g, stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
-                      STREAM, KEEP)
+                                   KEEP: tl.constexpr):
+        # one block of ROWS rows per program
+        _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, tl.program_id(0), n_tok,
+                  stride_g, stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
+                  STREAM, KEEP)
 
     @triton.jit
     def _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, blk, n_tok, stride_g, stride_ss,
@@ -332,12 +317,12 @@ def short_attention_ok(tokens: int, head_dim: int) -> bool:
 # How ``short_attention`` launches (``ATTN_VARIANTS`` names the ones the benchmark times):
 # items: (row, head) pairs per program (reduced to a divisor of rows·heads); unroll: those in
 # an unrolled loop, else a tl.range loop pipelined ``stages`` deep; split_d: a head dim that is
-# no power of two as a power-of-two part + a 16-wide rest; persist k: k programs per SM (-1:
-# as many as fit; not items), each looping over pairs pid, pid + grid, ... (``stages`` deep,
-# the next pair's q, k, v in flight while this one computes); num_warps None: the
-# first kernel's rule (4 up to a 64×128 tile, else 8). items=1, split_d=False, persist=0,
-# num_warps=None is that kernel itself (``_short_attn_kernel``, unchanged).
-ATTN_BASE = dict(items=1, unroll=True, stages=1, split_d=False, persist=0, num_warps=None)
+# no power of two as a power-of-two part + a 16-wide rest; num_warps None: the first kernel's
+# rule (4 up to a 64×128 tile, else 8). items=1, split_d=False, num_warps=None is that kernel
+# itself (``_short_attn_kernel``, unchanged). Persistent grids (a few programs per SM looping
+# over the pairs) measured 0.86-1.06x "base" at 64 tokens and no better than "split w2" at 32
+# on the H200 (2026-12-02): not kept.
+ATTN_BASE = dict(items=1, unroll=True, stages=1, split_d=False, num_warps=None)
 ATTN_VARIANTS = {
     "base": ATTN_BASE,
     "w2": dict(ATTN_BASE, num_warps=2),
@@ -349,18 +334,12 @@ ATTN_VARIANTS = {
     "split i2 pipe2": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=4),
     "split i4 pipe2": dict(ATTN_BASE, split_d=True, items=4, unroll=False, stages=2, num_warps=4),
     "split i2 pipe2 w8": dict(ATTN_BASE, split_d=True, items=2, unroll=False, stages=2, num_warps=8),
-    # persistent (persist=-1: as many programs per SM as fit, counted from the compiled kernel)
-    "split persist pipe2": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=4),
-    "split persist pipe3": dict(ATTN_BASE, split_d=True, persist=-1, stages=3, num_warps=4),
-    "split persist pipe2 w2": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=2),
-    "split persist pipe2 w8": dict(ATTN_BASE, split_d=True, persist=-1, stages=2, num_warps=8),
-    "split persist3 pipe2": dict(ATTN_BASE, split_d=True, persist=3, stages=2, num_warps=4),
 }
 # The default, and per sequence length (tokens) overrides of it, as measured on the H200
 # (2026-12-02, `python -m softvq_demo.bench.memkernels`, speed-up over "base"): 64 tokens
 # "split" 1.07x (72 = 64 + 16 lanes: a 64x80 tile instead of 64x128, 88 instead of 107
 # registers, 5 programs per SM instead of 4); 32 tokens "split w2" 1.15x (two warps hold the
-# 32x80 tile), the persistent pipelined variant 1.16x but with its occupancy counted at run time.
+# 32x80 tile).
 ATTN_LAUNCH = dict(ATTN_VARIANTS["split"])
 ATTN_LAUNCH_BY_TOKENS: dict = {32: dict(ATTN_VARIANTS["split w2"])}
 
@@ -382,63 +361,17 @@ def _short_attention_impl(qkv: torch.Tensor, heads: int, launch: Optional[dict] 
     if launch.get("split_d") and d > 16 and d & (d - 1):
         da = 1 << (d.bit_length() - 1)             # 72 -> 64 + 16 (8 of them masked)
         db = _next_pow2(d - da)
-    if items == 1 and db == 0 and launch.get("unroll", True) and not launch.get("persist"):
+    if items == 1 and db == 0 and launch.get("unroll", True):
         _short_attn_kernel[(r * heads,)](qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0),
                                          out.stride(1), scale, H=heads, D=d, BLOCK_N=block_n,
                                          BLOCK_D=block_d, num_warps=warps)
         return out
     stages = int(launch.get("stages", 1))
-    per_sm = int(launch.get("persist", 0))
-    consts = dict(H=heads, D=d, BLOCK_N=block_n, DA=da, DB=db, ITEMS=items, STAGES=stages,
-                  UNROLL=bool(launch.get("unroll", True)), PERSIST=bool(per_sm))
-    key = ("attn", qkv.device, qkv.dtype, warps, tuple(consts.items()))
-    grid = _persist_grid(key, per_sm, qkv.device, r * heads) if per_sm else r * heads // items
-    compiled = _short_attn_items_kernel[(grid,)](
-        qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), scale, r * heads,
-        num_warps=warps, num_stages=max(1, stages), **consts)
-    if per_sm < 0:
-        _record_fit(key, compiled, warps, qkv.device)
+    _short_attn_items_kernel[(r * heads // items,)](
+        qkv, out, n, qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), scale,
+        H=heads, D=d, BLOCK_N=block_n, DA=da, DB=db, ITEMS=items, STAGES=stages,
+        UNROLL=bool(launch.get("unroll", True)), num_warps=warps, num_stages=max(1, stages))
     return out
-
-
-_SM_COUNTS: dict = {}
-# persistent launches with persist=-1: programs per SM that fit, from the compiled kernel's
-# registers and shared memory (recorded after its first launch, which guesses 2)
-PERSIST_FIT: dict = {}
-
-
-def _persist_grid(key, per_sm: int, device: torch.device, work: int) -> int:
-    fit = per_sm if per_sm > 0 else PERSIST_FIT.get(key, 2)
-    return max(1, min(work, _sm_count(device) * fit))
-
-
-def _record_fit(key, compiled, warps: int, device: torch.device) -> None:
-    if key in PERSIST_FIT or device.type != "cuda":
-        return
-    fit = 2
-    try:
-        props = torch.cuda.get_device_properties(device)
-        regs_sm = getattr(props, "regs_per_multiprocessor", 65536) or 65536
-        smem_sm = getattr(props, "shared_memory_per_multiprocessor", 233472) or 233472
-        threads_sm = getattr(props, "max_threads_per_multi_processor", 2048) or 2048
-        per_warp = -(-int(compiled.n_regs) * 32 // 256) * 256     # allocated per warp, 256 at a time
-        by_regs = (regs_sm // per_warp) // warps if per_warp else 32
-        by_smem = smem_sm // (int(compiled.metadata.shared) + 1024)  # 1 KB the driver keeps per block
-        fit = max(1, min(by_regs, by_smem, threads_sm // (32 * warps), 32))
-    except Exception:  # pragma: no cover - a Triton without these fields: keep the guess
-        pass
-    PERSIST_FIT[key] = fit
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors, for the persistent grids (off CUDA -- Triton's interpreter --
-    a stand-in small enough that each program loops over several blocks)."""
-    if device.type != "cuda":
-        return 2
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _SM_COUNTS:
-        _SM_COUNTS[key] = torch.cuda.get_device_properties(key).multi_processor_count
-    return _SM_COUNTS[key]
 
 
 def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor,
@@ -458,12 +391,12 @@ def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor
 # token rows per program (reduced to a power of two dividing the sequence length); split: the
 # row as a power-of-two part + an unmasked rest (1152 = 1024 + 128) instead of one padded
 # block; early: shift and scale loaded before the reductions; evict: h and o loaded
-# evict-first, the modulation evict-last; persist k: k programs per SM (-1: as many as fit),
-# each looping over blocks of ``rows`` pid, pid + grid, ... (``stages`` deep: the next block's
-# loads in flight); num_warps None: the first kernel's rule (4 up to a 2048 block). rows=1 and
-# nothing else set (split, early, evict, persist) is that kernel itself
-# (``_residual_norm_kernel``, unchanged).
-NORM_BASE = dict(rows=1, split=False, early=False, evict=False, persist=0, stages=1, num_warps=None)
+# evict-first, the modulation evict-last; num_warps None: the first kernel's rule (4 up to a
+# 2048 block). rows=1 and nothing else set (split, early, evict) is that kernel itself
+# (``_residual_norm_kernel``, unchanged). Persistent grids (a few programs per SM looping over
+# row blocks, the next block's loads in flight) measured 0.70-1.04x "base" on the H200
+# (2026-12-02): not kept.
+NORM_BASE = dict(rows=1, split=False, early=False, evict=False, num_warps=None)
 NORM_VARIANTS = {
     "base": NORM_BASE,
     "r1 pad early": dict(NORM_BASE, early=True),
@@ -477,14 +410,6 @@ NORM_VARIANTS = {
     "r4 pad early w8": dict(NORM_BASE, rows=4, early=True, num_warps=8),
     "r8 split early": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=4),
     "r8 split early w8": dict(NORM_BASE, rows=8, split=True, early=True, num_warps=8),
-    # persistent, the next block's loads in flight (cp.async) while this one computes
-    # (persist=-1: as many programs per SM as fit, counted from the compiled kernel)
-    "r4 split persist pipe2": dict(NORM_BASE, rows=4, split=True, early=True, persist=-1, stages=2, num_warps=4),
-    "r4 split persist pipe3": dict(NORM_BASE, rows=4, split=True, early=True, persist=-1, stages=3, num_warps=4),
-    "r2 split persist pipe2": dict(NORM_BASE, rows=2, split=True, early=True, persist=-1, stages=2, num_warps=4),
-    "r1 split persist pipe3": dict(NORM_BASE, rows=1, split=True, early=True, persist=-1, stages=3, num_warps=4),
-    "r8 split persist pipe2 w8": dict(NORM_BASE, rows=8, split=True, early=True, persist=-1, stages=2, num_warps=8),
-    "r4 split persist4 pipe2": dict(NORM_BASE, rows=4, split=True, early=True, persist=4, stages=2, num_warps=4),
 }
 # The default, and per sequence length (tokens) overrides of it, as measured on the H200
 # (2026-12-02, `bench.memkernels`, bf16 and float32 streams, 2048-8192 rows): "r1 pad early"
@@ -511,7 +436,7 @@ def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
     while n % rows:
         rows //= 2
     split, early, evict = bool(launch.get("split")), bool(launch.get("early")), bool(launch.get("evict"))
-    if rows == 1 and not (split or early or evict or launch.get("persist")):
+    if rows == 1 and not (split or early or evict):
         _residual_norm_kernel[(r * n,)](h, o, gate, shift_scale, h_out, m, n, gate.stride(0),
                                         shift_scale.stride(0), 1e-6, H=hidden, BLOCK=block,
                                         H_DOWN=h.dtype != torch.float32, num_warps=warps)
@@ -520,20 +445,11 @@ def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
     if split and hidden & (hidden - 1):
         block_a = 1 << (hidden.bit_length() - 1)    # 1152 -> 1024 + 128
         block_b = _next_pow2(hidden - block_a, least=1)
-    blocks = r * n // rows
-    per_sm = int(launch.get("persist", 0))
-    stages = int(launch.get("stages", 1))
-    consts = dict(H=hidden, ROWS=rows, BLOCK_A=block_a, BLOCK_B=block_b,
-                  H_DOWN=h.dtype != torch.float32, M_DOWN=m.dtype != torch.float32, EARLY=early,
-                  STREAM="evict_first" if evict else "", KEEP="evict_last" if evict else "",
-                  PERSIST=bool(per_sm), STAGES=stages)
-    key = ("norm", h.device, h.dtype, o.dtype, warps, tuple(consts.items()))
-    grid = _persist_grid(key, per_sm, h.device, blocks) if per_sm else blocks
-    compiled = _residual_norm_rows_kernel[(grid,)](
-        h, o, gate, shift_scale, h_out, m, n, blocks, gate.stride(0), shift_scale.stride(0), 1e-6,
-        num_warps=warps, num_stages=max(1, stages), **consts)
-    if per_sm < 0:
-        _record_fit(key, compiled, warps, h.device)
+    _residual_norm_rows_kernel[(r * n // rows,)](
+        h, o, gate, shift_scale, h_out, m, n, gate.stride(0), shift_scale.stride(0), 1e-6,
+        H=hidden, ROWS=rows, BLOCK_A=block_a, BLOCK_B=block_b, H_DOWN=h.dtype != torch.float32,
+        M_DOWN=m.dtype != torch.float32, EARLY=early, STREAM="evict_first" if evict else "",
+        KEEP="evict_last" if evict else "", num_warps=warps)
     return h_out, m
 
 
