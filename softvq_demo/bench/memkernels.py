@@ -134,20 +134,29 @@ def bench_norm(reps: int, results: list) -> None:
                     err = f"{eh:.1e}, {em:.1e}" + ("" if rec["ok"] else "  WRONG")
                     emit(table_row(case, name, us, rec["gbs"], base_us, err))
                 except Exception as exc:  # a variant that does not compile here: say so, go on
-                    rec.update(error=f"{type(exc).__name__}: {exc}")
-                    emit(f"{case:24s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
-                    log(traceback.format_exc(limit=3))
+                    failed(rec, case, name, exc)
                 results.append(rec)
-            try:
-                us = copy_us(moved, reps)
-                results.append(dict(kernel="residual_norm", case=case, n=n, variant="copy", us=us, bytes=moved,
-                                    gbs=moved / us / 1e3))
-                emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
-            except Exception as exc:
-                emit(f"{case:24s} copy FAILED {type(exc).__name__}: {exc}")
+            copy_row("residual_norm", case, n, moved, reps, base_us, results)
             hs = os_ = mods = gates = sss = None  # free this case's copies before the next
             torch.cuda.empty_cache()
     emit("")
+
+
+def failed(rec: dict, case: str, name: str, exc: Exception) -> None:
+    rec.update(error=f"{type(exc).__name__}: {exc}")
+    emit(f"{case:24s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
+    log(traceback.format_exc(limit=3))
+
+
+def copy_row(kernel: str, case: str, n: int, moved: int, reps: int, base_us, results: list) -> None:
+    """The ceiling row of a case: a device copy of the bytes the kernel moves."""
+    try:
+        us = copy_us(moved, reps)
+        results.append(dict(kernel=kernel, case=case, n=n, variant="copy", us=us, bytes=moved,
+                            gbs=moved / us / 1e3))
+        emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
+    except Exception as exc:
+        emit(f"{case:24s} copy FAILED {type(exc).__name__}: {exc}")
 
 
 def attention_reference(qkv: torch.Tensor) -> torch.Tensor:
@@ -183,18 +192,10 @@ def bench_attention(reps: int, results: list) -> None:
                 if name == "base":
                     base_us = us
                 emit(table_row(case, name, us, rec["gbs"], base_us, f"{e:.1e}" + ("" if rec["ok"] else "  WRONG")))
-            except Exception as exc:
-                rec.update(error=f"{type(exc).__name__}: {exc}")
-                emit(f"{case:24s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:160]}")
-                log(traceback.format_exc(limit=3))
+            except Exception as exc:  # a variant that does not compile here: say so, go on
+                failed(rec, case, name, exc)
             results.append(rec)
-        try:
-            us = copy_us(moved, reps)
-            results.append(dict(kernel="short_attention", case=case, n=n, variant="copy", us=us, bytes=moved,
-                                gbs=moved / us / 1e3))
-            emit(table_row(case, "copy (same bytes)", us, moved / us / 1e3, base_us, ""))
-        except Exception as exc:
-            emit(f"{case:24s} copy FAILED {type(exc).__name__}: {exc}")
+        copy_row("short_attention", case, n, moved, reps, base_us, results)
         qkvs = None
         torch.cuda.empty_cache()
     emit("")
