@@ -371,3 +371,38 @@ def test_triton_kernels_interpreted():
     assert set(errs) == ({"linear"} | {f"attention/{n}" for n in list(kernels.ATTN_VARIANTS) + ["default"]}
                          | {f"norm_{x}/{n}" for n in names for x in "hm"})
     assert all(e < 1e-5 for e in errs.values()), errs
+
+
+def test_no_collection_around_captures():
+    """Captures run with the collector off (a graph destroyed by it mid-capture fails the
+    capture); nested or concurrent blocks restore it only after the last one, and never turn on
+    a collector that was off before."""
+    import gc
+    import threading
+
+    from softvq_demo.sampling.fast.capture import no_collection
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with no_collection():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    with no_collection():
+        assert not gc.isenabled()
+        t.start()
+        assert inside.wait(10)
+    assert not gc.isenabled()          # the other thread's capture is still running
+    release.set()
+    t.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_collection():
+            pass
+        assert not gc.isenabled()      # it was off before: stays off
+    finally:
+        gc.enable()

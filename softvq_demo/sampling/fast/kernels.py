@@ -35,12 +35,13 @@ math, rtne downcasts) is the same in every variant, only the order of float32 su
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 from typing import Optional
 
 import torch
+
+from .capture import no_collection
 
 try:
     import triton
@@ -583,9 +584,8 @@ def graph_ms(fn, inner: int = 20, reps: int = 5) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    gc.collect()   # see runtime._Graphs._capture: no graph may be destroyed during the capture
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+    with no_collection(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(inner):
             fn()
     graph.replay()

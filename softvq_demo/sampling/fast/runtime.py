@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .capture import no_collection
+
 BF16 = torch.bfloat16
 LOCK = threading.RLock()            # graph replays use static buffers: one sampler at a time
 
@@ -205,15 +207,12 @@ class _Graphs:
                 self._warm_up(fn, reset)
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize(self.device)
-            # graphs of released runners may still wait in reference cycles; the collector
-            # destroying one during the capture fails it ("operation not permitted when stream
-            # is capturing", seen on the H200 after a release): collect them first
-            gc.collect()
             g = torch.cuda.CUDAGraph()
             try:
                 # thread_local: a background warm-up (sampling.policy) may capture while
                 # another thread samples on the reference path
-                with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
+                with no_collection(), torch.cuda.graph(g, pool=self.pool,
+                                                       capture_error_mode="thread_local"):
                     fn()
             except Exception as err:  # pragma: no cover - depends on the GPU stack
                 self.failed = f"{type(err).__name__}: {err}"
@@ -271,9 +270,8 @@ def _attention_usable(name: str, tokens: int, heads: int, head_dim: int, dtype: 
         with torch.cuda.stream(side):
             call(1)
         torch.cuda.current_stream().wait_stream(side)
-        gc.collect()  # see _Graphs._capture
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # see _Graphs._capture
+        with no_collection(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = call(1)
         out.zero_()
         graph.replay()
