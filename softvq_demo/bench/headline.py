@@ -52,7 +52,8 @@ TARGETS = {(64, 64): ("images/s", 21.0, ">="), (32, 64): ("images/s", 40.0, ">="
            (64, 1): ("ms/image", 40.0, "<="), (32, 1): ("ms/image", 40.0, "<=")}
 
 
-LAUNCH_TABLES = ("NORM_LAUNCH_BY_TOKENS", "ATTN_LAUNCH_BY_TOKENS")
+# the kernels' launch settings a variant may change: the defaults, then the per-length overrides
+LAUNCH_SETTINGS = ("NORM_LAUNCH", "ATTN_LAUNCH", "NORM_LAUNCH_BY_TOKENS", "ATTN_LAUNCH_BY_TOKENS")
 
 
 def apply_launches(path: str) -> dict:
@@ -66,6 +67,12 @@ def apply_launches(path: str) -> dict:
         for n, name in per.items():
             table[int(n)] = dict(variants[name])
     return best
+
+
+def variant_name(prefix: str, launch: dict) -> str:
+    """The name ``kernels.{prefix}_VARIANTS`` gives this launch (or the launch itself)."""
+    return next((name for name, v in getattr(kernels, f"{prefix}_VARIANTS").items() if v == launch),
+                str(launch))
 
 
 def log(msg: str) -> None:
@@ -86,12 +93,13 @@ class Variant:
         runtime.ATTENTION_BACKENDS = self.backends
         runtime.ATTENTION_PICKS.clear()
         kernels.NORM_CHECKS.clear()
-        self.saved_launches = {k: dict(getattr(kernels, k)) for k in LAUNCH_TABLES}
-        if self.name == "fast-base-kernels":
+        self.saved_launches = {k: dict(getattr(kernels, k)) for k in LAUNCH_SETTINGS}
+        if self.name == "fast-base-kernels":   # the first kernels' launch at every length
             for prefix in ("NORM", "ATTN"):
-                table = getattr(kernels, f"{prefix}_LAUNCH_BY_TOKENS")
-                for n in (32, 64):
-                    table[n] = dict(getattr(kernels, f"{prefix}_VARIANTS")["base"])
+                default = getattr(kernels, f"{prefix}_LAUNCH")
+                default.clear()
+                default.update(getattr(kernels, f"{prefix}_VARIANTS")["base"])
+                getattr(kernels, f"{prefix}_LAUNCH_BY_TOKENS").clear()
         return self
 
     def __exit__(self, *exc):
@@ -147,9 +155,9 @@ def main(argv=None) -> None:
         if args.launches:
             results["launches"] = apply_launches(args.launches)
             log(f"launches applied: {results['launches']}")
-        results["launch_tables"] = {k: {n: [name for name, v in getattr(
-            kernels, k.split("_")[0] + "_VARIANTS").items() if v == launch]
-            for n, launch in getattr(kernels, k).items()} for k in LAUNCH_TABLES}
+        results["launches_by_tokens"] = {prefix: {n: variant_name(prefix, launch) for n, launch in
+                                                  getattr(kernels, f"{prefix}_LAUNCH_BY_TOKENS").items()}
+                                         for prefix in ("NORM", "ATTN")}
         for n, d in ((64, 32), (32, 64)):
             gen = build_sit(n, d, dev, tiny=args.tiny)
             for b, setting in ((64, "250 sde"), (1, "50 euler")):

@@ -12,12 +12,13 @@ timed by ``kernels.graph_ms`` over rotating input copies (> 256 MB of inputs per
 call reads from HBM, not L2; every call's outputs kept alive so writes land in fresh memory).
 GB/s counts each input read once and each output written once; "copy" is a device copy of the
 same number of bytes (half read, half written), the ceiling to compare with; "speed-up" is the
-current kernel's ("base") time over the variant's. A variant that fails to compile or run is
+first kernel's ("base", what ran before the launch variants) time over the variant's. A variant that fails to compile or run is
 logged and skipped.
 
     python -m softvq_demo.bench.memkernels --out $OUT [--kernels norm,attn] [--only split,early] [--reps 7]
 
-Writes the table to stdout and $OUT/memkernels.txt (raw numbers: $OUT/memkernels.json).
+Writes the table to stdout and $OUT/memkernels.txt (raw numbers: $OUT/memkernels.json; the
+fastest variant per sequence length: $OUT/best_launch.json, for ``bench.headline --launches``).
 """
 from __future__ import annotations
 

@@ -185,20 +185,11 @@ if AVAILABLE:
                                    H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
                                    EARLY: tl.constexpr, STREAM: tl.constexpr,
                                    KEEP: tl.constexpr):
-        # one block of ROWS rows per program
-        _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, tl.program_id(0), n_tok,
-                  stride_g, stride_ss, eps, H, ROWS, BLOCK_A, BLOCK_B, H_DOWN, M_DOWN, EARLY,
-                  STREAM, KEEP)
-
-    @triton.jit
-    def _rn_block(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, blk, n_tok, stride_g, stride_ss,
-                  eps, H: tl.constexpr, ROWS: tl.constexpr, BLOCK_A: tl.constexpr,
-                  BLOCK_B: tl.constexpr, H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
-                  EARLY: tl.constexpr, STREAM: tl.constexpr, KEEP: tl.constexpr):
-        # ROWS token rows of one sequence (ROWS divides n_tok), each row in two column parts:
-        # [0, BLOCK_A) and, if BLOCK_B > 0, BLOCK_A + [0, BLOCK_B); a part is masked only where
-        # it reaches past H. gate, shift, scale: one load per block, broadcast over its rows.
-        row0 = blk * ROWS
+        # ROWS token rows of one sequence per program (ROWS divides n_tok), each row in two
+        # column parts: [0, BLOCK_A) and, if BLOCK_B > 0, BLOCK_A + [0, BLOCK_B); a part is
+        # masked only where it reaches past H. gate, shift, scale: one load per program,
+        # broadcast over its rows.
+        row0 = tl.program_id(0) * ROWS
         r = row0 // n_tok
         base = (row0 + tl.arange(0, ROWS)).to(tl.int64)[:, None] * H
         g_row = g_ptr + r * stride_g
