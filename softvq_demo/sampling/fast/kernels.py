@@ -406,7 +406,7 @@ NORM_VARIANTS = {
 # The default, and per sequence length (tokens) overrides of it, as measured on the H200
 # (2026-12-02, `bench.memkernels`, bf16 and float32 streams, 2048-8192 rows): "r1 pad early"
 # (one row per program as before, shift and scale loaded before the reductions) 1.06x over
-# "base" at 64 tokens and 1.10x at 32, at 0.87x / 0.9x of a plain copy of the same bytes;
+# "base" at 64 tokens and 1.10x at 32 (geometric means), 0.87x / 0.85x a copy of the same bytes;
 # the 4-row and 1024 + 128 split variants, chosen from their sm_90 compile figures, measured
 # 0.80-1.0x (the split's layout conversion through shared memory costs more than the idle lanes).
 NORM_LAUNCH = dict(NORM_VARIANTS["r1 pad early"])
