@@ -16,7 +16,7 @@ import torch
 from softvq_demo import load_generator, load_tokenizer, sample
 from softvq_demo.models.sit import SiT, sit_config
 from softvq_demo.sampling import fast
-from softvq_demo.sampling.fast import runtime, tokenizers
+from softvq_demo.sampling.fast import kernels, runtime, tokenizers
 from softvq_demo.sampling.fast import sit as fast_sit
 from softvq_demo.sampling.flow import sample_flow
 from softvq_demo.sampling.maskgit import sample_maskgit
@@ -296,6 +296,39 @@ def test_fused_norm_block_equals_the_unfused_block(tiny_sit, res_dtype):
         assert rel(x, y) < 1e-6
 
 
+def test_split_k_block_equals_the_fused_block(tiny_sit):
+    """proj and fc2 as split-K partial sums (``kernels.split_product``), summed with the bias by
+    the norm pass that consumes them: the block computes what the fused block does, for every
+    split of either product; the partials alone sum to the plain product."""
+    f = fast.sit_fast(tiny_sit)
+    g = torch.Generator().manual_seed(1)
+    r, n, hidden = 2, 8, f.hidden
+    mlp = f.blocks[0][4].shape[0]
+    h = torch.randn(r, n, hidden, generator=g)
+    a = torch.randn(r, n, hidden, generator=g)
+    mod = torch.randn(r, 6 * hidden, generator=g)
+    mod_next = torch.randn(r, 2 * hidden, generator=g)
+    x, w = torch.randn(r * n, mlp, generator=g), f.blocks[0][6]
+    parts = kernels.split_product(x, w, 4)
+    assert parts.shape == (4, r * n, hidden) and rel(parts.sum(0), x @ w.t()) < 1e-6
+    fused = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, True)
+    assert hidden % 4 == 0 and mlp % 8 == 0
+    for split in [(p, q) for p in (0, 2, 4) for q in (0, 2, 8)]:
+        out = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, True, split)
+        for got, want in zip(out, fused):
+            assert rel(got, want) < 1e-5, split
+
+
+def test_split_k_is_picked_only_on_cuda_few_rows():
+    """No probe, and a plain product, off CUDA or past the row limit."""
+    cpu = torch.device("cpu")
+    assert kernels.pick_split(128, 64, 1152, 4608, cpu, torch.bfloat16, torch.bfloat16) == 0
+    cuda = torch.device("cuda")
+    assert kernels.pick_split(kernels.SPLIT_MAX_ROWS * 2, 64, 1152, 4608, cuda, torch.bfloat16,
+                              torch.bfloat16) == 0
+    assert kernels.split_candidates(4608) == [2, 3, 4, 6, 8] and kernels.split_candidates(72) == [3]
+
+
 def test_bf16_residual_stream_within_tolerance(tiny_sit, monkeypatch):
     """SOFTVQ_RESIDUAL=bf16 stores the residual stream in bf16 (adds and LayerNorms stay float32):
     a different result from the float32 stream, still within the bf16 tolerance of the reference."""
@@ -339,6 +372,14 @@ for r, n, hid in ((3, 40, 72), (2, 6, 100)):
         got_h, got_m = K._residual_norm_impl(hs, o, gate, ss, launch)
         for key, e in (("norm_h/" + name, rel(got_h, ref_h)), ("norm_m/" + name, rel(got_m, ref_m))):
             out[key] = max(out.get(key, 0.0), e)
+    # a split-K product's float32 partial sums plus its bias, summed by the norm pass
+    parts, bias = torch.randn(3, r, n, hid), torch.randn(hid)
+    ref_h, ref_m = K.residual_norm_reference(hs, parts, gate, ss, bias=bias)
+    for name, launch in (("base", K.NORM_VARIANTS["base"]), ("r4 split early", K.NORM_VARIANTS["r4 split early"]),
+                         ("default", None)):
+        got_h, got_m = K._residual_norm_impl(hs, parts, gate, ss, launch, bias=bias)
+        for key, e in (("parts_h/" + name, rel(got_h, ref_h)), ("parts_m/" + name, rel(got_m, ref_m))):
+            out[key] = max(out.get(key, 0.0), e)
 a, w, b = torch.randn(24, 256), torch.randn(64, 256) / 16, torch.randn(64)
 ref = torch.nn.functional.gelu(a @ w.t() + b, approximate="tanh")
 out["linear"] = max(float((K._skinny_impl(a, w, b, 1, *cfg) - ref).norm() / ref.norm())
@@ -369,7 +410,8 @@ def test_triton_kernels_interpreted():
 
     names = list(kernels.NORM_VARIANTS) + ["default"]
     assert set(errs) == ({"linear"} | {f"attention/{n}" for n in list(kernels.ATTN_VARIANTS) + ["default"]}
-                         | {f"norm_{x}/{n}" for n in names for x in "hm"})
+                         | {f"norm_{x}/{n}" for n in names for x in "hm"}
+                         | {f"parts_{x}/{n}" for n in ("base", "r4 split early", "default") for x in "hm"})
     assert all(e < 1e-5 for e in errs.values()), errs
 
 

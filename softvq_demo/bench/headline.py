@@ -11,6 +11,8 @@ round by round so that the card's power and clock state weighs on all alike:
 - ``fast-fp32-stream``: the same with the residual stream stored in float32;
 - ``fast-base-kernels``: the default with the residual + LayerNorm and attention kernels launched
   as the previous session did (``kernels.*_VARIANTS["base"]``);
+- ``fast-no-splitk``: the default without split-K proj / fc2 products at batch 1
+  (``SOFTVQ_SPLITK=0``);
 - ``previous``: issue 19's measured revision (float32 stream, torch.compile's fused
   LayerNorm passes, SDPA's kernels);
 - ``reference path``: what ``sample()`` runs with the fast path off (``sample_flow`` on the
@@ -46,6 +48,8 @@ VARIANTS = {
     "fast-fp32-stream": ({"SOFTVQ_RESIDUAL": "fp32"}, runtime.ATTENTION_BACKENDS),
     # the default with the previous session's launches of the two memory-bound kernels
     "fast-base-kernels": ({}, runtime.ATTENTION_BACKENDS),
+    # the default without split-K products at batch 1 (``kernels.pick_split``)
+    "fast-no-splitk": ({"SOFTVQ_SPLITK": "0"}, runtime.ATTENTION_BACKENDS),
     "previous": ({"SOFTVQ_RESIDUAL": "fp32", "SOFTVQ_FUSED_NORM": "0"}, ("flash", "efficient", "cudnn")),
 }
 TARGETS = {(64, 64): ("images/s", 21.0, ">="), (32, 64): ("images/s", 40.0, ">="),
@@ -93,6 +97,7 @@ class Variant:
         runtime.ATTENTION_BACKENDS = self.backends
         runtime.ATTENTION_PICKS.clear()
         kernels.NORM_CHECKS.clear()
+        kernels.SPLIT_CONFIGS.clear()
         self.saved_launches = {k: dict(getattr(kernels, k)) for k in LAUNCH_SETTINGS}
         if self.name == "fast-base-kernels":   # the first kernels' launch at every length
             for prefix in ("NORM", "ATTN"):
@@ -117,7 +122,7 @@ class Variant:
 def describe(gen) -> str:
     f = fastmod.sit_fast(gen)
     return (f"stream {str(f.residual).replace('torch.', '')}, attention {f.attn or 'sdpa'}, "
-            f"fused norm {f.fused_norm}")
+            f"fused norm {f.fused_norm}, split-K {dict(f.split_cache) or '-'}")
 
 
 def sync() -> None:
@@ -176,6 +181,9 @@ def main(argv=None) -> None:
                             w = timed(run)  # builds, compiles, captures
                             t = statistics.median(timed(run) for _ in range(reps))
                             results["how"][f"{name} {n} tok"] = describe(gen)
+                            if kernels.SPLIT_CONFIGS:
+                                results.setdefault("split_probes", {})[f"{case} {name}"] = {
+                                    str(k[1:5]): v for k, v in kernels.SPLIT_CONFIGS.items()}
                             fastmod.release(gen)
                         results["variants"].setdefault(case, {}).setdefault(name, []).append(t)
                         log(f"{case} round {r} {name:20s} {b / t:8.2f} img/s {1000 * t / b:8.1f} ms/image "

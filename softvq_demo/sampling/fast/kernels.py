@@ -170,6 +170,18 @@ if AVAILABLE:
         return x.to(tl.float32)
 
     @triton.jit
+    def _ld_product(o_ptr, bias_ptr, base, cols, ok, stride_os, MASKED: tl.constexpr,
+                    STREAM: tl.constexpr, KEEP: tl.constexpr, O_PARTS: tl.constexpr):
+        # the product's output at rows ``base`` and ``cols``, in float32: one load, or the bias
+        # plus the split-K partial sums in a fixed order
+        if O_PARTS == 0:
+            return _ld32(o_ptr + base + cols[None, :], ok[None, :], MASKED, STREAM)
+        acc = _ld32(bias_ptr + cols, ok, MASKED, KEEP)[None, :]
+        for s in tl.static_range(O_PARTS):
+            acc += _ld32(o_ptr + s * stride_os + base + cols[None, :], ok[None, :], MASKED, STREAM)
+        return acc
+
+    @triton.jit
     def _st_round(ptrs, x, ok, MASKED: tl.constexpr, DOWN: tl.constexpr):
         if DOWN:  # a 16-bit output: round to nearest even, as PyTorch's .to()
             x = x.to(ptrs.dtype.element_ty, fp_downcast_rounding="rtne")
@@ -179,16 +191,18 @@ if AVAILABLE:
             tl.store(ptrs, x)
 
     @triton.jit
-    def _residual_norm_rows_kernel(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, n_tok,
-                                   stride_g, stride_ss, eps, H: tl.constexpr, ROWS: tl.constexpr,
-                                   BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                                   H_DOWN: tl.constexpr, M_DOWN: tl.constexpr,
-                                   EARLY: tl.constexpr, STREAM: tl.constexpr,
-                                   KEEP: tl.constexpr):
+    def _residual_norm_rows_kernel(h_ptr, o_ptr, g_ptr, ss_ptr, hout_ptr, m_ptr, bias_ptr, n_tok,
+                                   stride_g, stride_ss, stride_os, eps, H: tl.constexpr,
+                                   ROWS: tl.constexpr, BLOCK_A: tl.constexpr,
+                                   BLOCK_B: tl.constexpr, H_DOWN: tl.constexpr,
+                                   M_DOWN: tl.constexpr, EARLY: tl.constexpr,
+                                   STREAM: tl.constexpr, KEEP: tl.constexpr,
+                                   O_PARTS: tl.constexpr):
         # ROWS token rows of one sequence per program (ROWS divides n_tok), each row in two
         # column parts: [0, BLOCK_A) and, if BLOCK_B > 0, BLOCK_A + [0, BLOCK_B); a part is
         # masked only where it reaches past H. gate, shift, scale: one load per program,
-        # broadcast over its rows.
+        # broadcast over its rows. O_PARTS > 0: o is a split-K product's O_PARTS float32
+        # partial sums (stride_os apart) still without its bias, summed here.
         row0 = tl.program_id(0) * ROWS
         r = row0 // n_tok
         base = (row0 + tl.arange(0, ROWS)).to(tl.int64)[:, None] * H
@@ -198,14 +212,14 @@ if AVAILABLE:
         ca = tl.arange(0, BLOCK_A)
         ok_a = ca < H
         ha = _ld32(h_ptr + base + ca[None, :], ok_a[None, :], MA, STREAM)
-        oa = _ld32(o_ptr + base + ca[None, :], ok_a[None, :], MA, STREAM)
+        oa = _ld_product(o_ptr, bias_ptr, base, ca, ok_a, stride_os, MA, STREAM, KEEP, O_PARTS)
         ga = _ld32(g_row + ca, ok_a, MA, KEEP)
         if BLOCK_B > 0:
             MB: tl.constexpr = BLOCK_A + BLOCK_B > H
             cb = BLOCK_A + tl.arange(0, BLOCK_B)
             ok_b = cb < H
             hb = _ld32(h_ptr + base + cb[None, :], ok_b[None, :], MB, STREAM)
-            ob = _ld32(o_ptr + base + cb[None, :], ok_b[None, :], MB, STREAM)
+            ob = _ld_product(o_ptr, bias_ptr, base, cb, ok_b, stride_os, MB, STREAM, KEEP, O_PARTS)
             gb = _ld32(g_row + cb, ok_b, MB, KEEP)
         if EARLY:  # shift and scale in flight during the reductions
             sha = _ld32(s_row + ca, ok_a, MA, KEEP)
@@ -367,16 +381,21 @@ def _short_attention_impl(qkv: torch.Tensor, heads: int, launch: Optional[dict] 
 
 
 def residual_norm_reference(h: torch.Tensor, o: torch.Tensor, gate: torch.Tensor,
-                            shift_scale: torch.Tensor, eps: float = 1e-6
+                            shift_scale: torch.Tensor, eps: float = 1e-6,
+                            bias: Optional[torch.Tensor] = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``residual_norm`` computes, in PyTorch: x = h + gate·o in float32 (gate, shift, scale
     per sequence: R×H, R×2H; h, o: R×N×H), stored in h's dtype, and LayerNorm(x)·(1 + scale) +
-    shift rounded to o's dtype (the next matmul's input). The block's own arithmetic."""
+    shift rounded to o's dtype (the next matmul's input). The block's own arithmetic.
+    With ``bias``, o is S×R×N×H partial sums (``split_product``): o = bias + Σ parts in float32,
+    and the output takes the bias's dtype."""
     hidden = h.shape[-1]
-    x = h.float() + gate.float().unsqueeze(1) * o.float()
+    out_dtype = o.dtype if bias is None else bias.dtype
+    o = o.float() if bias is None else bias.float() + o.float().sum(0)
+    x = h.float() + gate.float().unsqueeze(1) * o
     shift, scale = shift_scale.float().unsqueeze(1).chunk(2, dim=-1)
     m = torch.nn.functional.layer_norm(x, (hidden,), eps=eps) * (1 + scale) + shift
-    return x.to(h.dtype), m.to(o.dtype)
+    return x.to(h.dtype), m.to(out_dtype)
 
 
 # How ``residual_norm`` launches (``NORM_VARIANTS``: the ones the benchmark times): rows:
@@ -413,7 +432,10 @@ NORM_LAUNCH = dict(NORM_VARIANTS["r1 pad early"])
 NORM_LAUNCH_BY_TOKENS: dict = {}
 
 
-def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
+def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None,
+                        bias: Optional[torch.Tensor] = None):
+    """``bias`` given: o is a split-K product's S×R×N×H float32 partial sums without the bias
+    (``split_product``); the next matmul's input then takes the bias's dtype."""
     r, n, hidden = h.shape
     launch = NORM_LAUNCH_BY_TOKENS.get(n, NORM_LAUNCH) if launch is None else launch
     h = h.contiguous()
@@ -421,14 +443,15 @@ def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
     gate = gate if gate.stride(-1) == 1 else gate.contiguous()
     shift_scale = shift_scale if shift_scale.stride(-1) == 1 else shift_scale.contiguous()
     h_out = torch.empty_like(h)
-    m = torch.empty(r, n, hidden, device=h.device, dtype=o.dtype)
+    parts = 0 if bias is None else int(o.shape[0])
+    m = torch.empty(r, n, hidden, device=h.device, dtype=o.dtype if bias is None else bias.dtype)
     block = _next_pow2(hidden)
     warps = launch.get("num_warps") or (4 if block <= 2048 else 8)
     rows = 1 << (max(1, int(launch.get("rows", 1))).bit_length() - 1)
     while n % rows:
         rows //= 2
     split, early, evict = bool(launch.get("split")), bool(launch.get("early")), bool(launch.get("evict"))
-    if rows == 1 and not (split or early or evict):
+    if rows == 1 and not (split or early or evict or parts):
         _residual_norm_kernel[(r * n,)](h, o, gate, shift_scale, h_out, m, n, gate.stride(0),
                                         shift_scale.stride(0), 1e-6, H=hidden, BLOCK=block,
                                         H_DOWN=h.dtype != torch.float32, num_warps=warps)
@@ -438,11 +461,26 @@ def _residual_norm_impl(h, o, gate, shift_scale, launch: Optional[dict] = None):
         block_a = 1 << (hidden.bit_length() - 1)    # 1152 -> 1024 + 128
         block_b = _next_pow2(hidden - block_a, least=1)
     _residual_norm_rows_kernel[(r * n // rows,)](
-        h, o, gate, shift_scale, h_out, m, n, gate.stride(0), shift_scale.stride(0), 1e-6,
+        h, o, gate, shift_scale, h_out, m, o if bias is None else bias, n, gate.stride(0),
+        shift_scale.stride(0), o.stride(0) if parts else 0, 1e-6,
         H=hidden, ROWS=rows, BLOCK_A=block_a, BLOCK_B=block_b, H_DOWN=h.dtype != torch.float32,
         M_DOWN=m.dtype != torch.float32, EARLY=early, STREAM="evict_first" if evict else "",
-        KEEP="evict_last" if evict else "", num_warps=warps)
+        KEEP="evict_last" if evict else "", O_PARTS=parts, num_warps=warps)
     return h_out, m
+
+
+def split_product(x: torch.Tensor, w: torch.Tensor, parts: int) -> torch.Tensor:
+    """x·wᵀ as ``parts`` float32 partial sums over equal slices of the reduction (S×M×N, no
+    bias): one batched cuBLAS call with ``parts`` times the tiles of a plain product. For few
+    rows (batch-1 sampling) a plain product leaves most SMs idle and each tile's reduction is
+    long; the consumer (``residual_norm``) adds the partials and the bias in float32."""
+    m, k = x.shape
+    n = w.shape[0]
+    a3 = x.view(m, parts, k // parts).transpose(0, 1)           # S × M × K/S, row stride K
+    w3 = w.view(n, parts, k // parts).permute(1, 2, 0)          # S × K/S × N (w's own memory)
+    if x.is_cuda:
+        return torch.bmm(a3, w3, out_dtype=torch.float32)
+    return torch.bmm(a3.float(), w3.float())
 
 
 # (M, N, K) -> launch config; filled by pick_linear
@@ -516,16 +554,32 @@ if AVAILABLE:
     @residual_norm.register_fake
     def _(h, o, gate, shift_scale):
         return torch.empty_like(h), h.new_empty(h.shape, dtype=o.dtype)
+
+    @torch.library.custom_op("softvq::residual_norm_parts", mutates_args=())
+    def residual_norm_parts(h: torch.Tensor, parts: torch.Tensor, bias: torch.Tensor,
+                            gate: torch.Tensor, shift_scale: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual_norm`` of a split-K product: o = bias + Σ parts (S×R×N×H float32)."""
+        return _residual_norm_impl(h, parts, gate, shift_scale, bias=bias)
+
+    @residual_norm_parts.register_fake
+    def _(h, parts, bias, gate, shift_scale):
+        return torch.empty_like(h), h.new_empty(h.shape, dtype=bias.dtype)
 else:  # pragma: no cover
     short_attention = None
     skinny_linear = None
     residual_norm = None
+    residual_norm_parts = None
 
-def residual_norm_op(h, o, gate, shift_scale):
-    """The fused kernel on CUDA, ``residual_norm_reference`` elsewhere (same contract)."""
+
+def residual_norm_op(h, o, gate, shift_scale, bias: Optional[torch.Tensor] = None):
+    """The fused kernel on CUDA, ``residual_norm_reference`` elsewhere (same contract; with
+    ``bias``, o is a split-K product's partial sums)."""
     if AVAILABLE and h.is_cuda:
+        if bias is not None:
+            return torch.ops.softvq.residual_norm_parts(h, o, bias, gate, shift_scale)
         return torch.ops.softvq.residual_norm(h, o, gate, shift_scale)
-    return residual_norm_reference(h, o, gate, shift_scale)
+    return residual_norm_reference(h, o, gate, shift_scale, bias=bias)
 
 
 NORM_CHECKS: dict = {}
@@ -652,4 +706,82 @@ def pick_linear(m: int, n: int, k: int, act: int, device: torch.device, dtype: t
     except Exception as err:  # pragma: no cover - never let the probe break sampling
         record["error"] = f"{type(err).__name__}: {err}"
         record["pick"] = None
+    return record["pick"]
+
+
+# (device, rows, tokens, N, K, dtypes) -> record of pick_split
+SPLIT_CONFIGS: dict = {}
+SPLIT_CANDIDATES = (2, 3, 4, 6, 8)
+SPLIT_MAX_ROWS = 128
+
+
+def split_candidates(k: int) -> list[int]:
+    """Split counts whose reduction slices are whole and 16-byte aligned (cuBLAS's batch stride)."""
+    return [s for s in SPLIT_CANDIDATES if k % s == 0 and (k // s) % 8 == 0]
+
+
+def pick_split(rows: int, tokens: int, n: int, k: int, device: torch.device, dtype: torch.dtype,
+               res_dtype: torch.dtype, copies: int = 12) -> int:
+    """0 for a plain cuBLAS product, else the number of split-K parts for an M×K by K×N product
+    whose consumer is the fused residual + LayerNorm (proj, fc2 of a SiT block), at most
+    ``SPLIT_MAX_ROWS`` rows. Timed once per process and shape as product + norm, graph replays
+    on ``copies`` weight copies (the weights from device memory, as in a deep model); each split
+    is checked against float32 first and picked only at ≤ 0.9x the plain pair's time.
+    H200, 2026-12-02, 128 rows (products alone): SiT-XL's fc2 10.2 → 6.2 µs in 4 parts, proj
+    4.7 → 3.9 µs. ``SOFTVQ_SPLITK=0`` turns it off."""
+    key = (str(device), rows, tokens, n, k, dtype, res_dtype)
+    if key in SPLIT_CONFIGS:
+        return SPLIT_CONFIGS[key]["pick"]
+    record = {"pick": 0, "us": {}}
+    SPLIT_CONFIGS[key] = record
+    if (not AVAILABLE or device.type != "cuda" or rows > SPLIT_MAX_ROWS or rows % tokens
+            or os.environ.get("SOFTVQ_SPLITK", "1").strip().lower() in ("0", "off", "no", "false")):
+        return 0
+    try:
+        with torch.no_grad(), torch.cuda.device(device):
+            g = torch.Generator(device=device).manual_seed(0)
+            r = rows // tokens
+            a = torch.randn(rows, k, device=device, dtype=dtype, generator=g)
+            ws = [torch.randn(n, k, device=device, dtype=dtype, generator=g) * k ** -0.5
+                  for _ in range(copies)]
+            b = torch.randn(n, device=device, dtype=dtype, generator=g) * 0.1
+            h = torch.randn(r, tokens, n, device=device, generator=g).to(res_dtype)
+            mod = torch.randn(r, 3 * n, device=device, generator=g).to(dtype)
+            gate, ss = mod[:, :n], mod[:, n:]
+            ref_h, ref_m = residual_norm_reference(h, (a.float() @ ws[0].float().t() + b.float())
+                                                   .view(r, tokens, n), gate, ss)
+            state = {"i": 0}
+
+            def weight():
+                state["i"] += 1
+                return ws[state["i"] % copies]
+
+            def plain():
+                o = torch.nn.functional.linear(a, weight(), b).view(r, tokens, n)
+                return residual_norm(h, o, gate, ss)
+
+            def err(out):
+                return max(float((x.float() - y.float()).norm() / y.float().norm())
+                           for x, y in zip(out, (ref_h, ref_m)))
+
+            state["i"] = -1                              # weight() -> ws[0]: the reference's
+            record["rel_err"] = {"plain": err(plain())}
+            record["us"]["plain"] = 1000 * graph_ms(plain)
+            for parts in split_candidates(k):
+                def split(parts=parts):
+                    p = split_product(a, weight(), parts).view(parts, r, tokens, n)
+                    return residual_norm_parts(h, p, b, gate, ss)
+                state["i"] = -1                          # weight() -> ws[0]: the reference's
+                e = err(split())
+                record["rel_err"][parts] = e
+                if e < 1e-2:
+                    record["us"][parts] = 1000 * graph_ms(split)
+            timed = {s: t for s, t in record["us"].items() if s != "plain"}
+            if timed:
+                best = min(timed, key=timed.get)
+                if timed[best] <= 0.9 * record["us"]["plain"]:
+                    record["pick"] = int(best)
+    except Exception as error:  # pragma: no cover - never let the probe break sampling
+        record["error"] = f"{type(error).__name__}: {error}"
+        record["pick"] = 0
     return record["pick"]

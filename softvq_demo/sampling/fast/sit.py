@@ -81,8 +81,8 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, cfg: Optional[tup
 
 def _sit_block(h: torch.Tensor, a: torch.Tensor, mod: torch.Tensor, mod_next: torch.Tensor,
                qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, heads: int,
-               attn: Optional[str] = None, lin: Optional[tuple] = None, fused_norm: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               attn: Optional[str] = None, lin: Optional[tuple] = None, fused_norm: bool = False,
+               split: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SiT block, its LayerNorms shifted by one: takes h (R×N×H residual stream, float32 by
     default) and a = this block's modulated LN1(h); returns the new h and the NEXT block's (or
     the final layer's) modulated LN1 of it (``mod_next``: R×2H shift, scale). Same arithmetic as
@@ -95,19 +95,21 @@ def _sit_block(h: torch.Tensor, a: torch.Tensor, mod: torch.Tensor, mod_next: to
     fc1, fc2) None for cuBLAS or a skinny-kernel config (``kernels.pick_linear``); ``fused_norm``:
     each residual add + LayerNorm + modulation as one Triton pass (``kernels.residual_norm``,
     the same arithmetic as the expressions below, which torch.compile fuses less well: it loops
-    over rows wider than 1024 and re-reads them)."""
+    over rows wider than 1024 and re-reads them); ``split`` (with ``fused_norm``): split-K
+    parts for proj and fc2 (0: a plain product; ``kernels.pick_split``), their float32 partial
+    sums and the bias added by the norm pass that consumes them (few rows: batch 1)."""
     r, n, hidden = h.shape
     dt = qkv_w.dtype
     lin = lin or (None, None, None, None)
     qkv = _linear(a.reshape(r * n, hidden), qkv_w, qkv_b, lin[0]).view(r, n, 3 * hidden)
-    o = _attention_qkv(qkv, heads, attn)
-    o = _linear(o.reshape(r * n, hidden), proj_w, proj_b, lin[1]).view(r, n, hidden)
+    o = _attention_qkv(qkv, heads, attn).reshape(r * n, hidden)
     if fused_norm:
-        h, m = kernels.residual_norm_op(h, o, mod[:, 2 * hidden:3 * hidden],
-                                        mod[:, 3 * hidden:5 * hidden])
+        split = split or (0, 0)
+        h, m = _product_norm(h, o, proj_w, proj_b, lin[1], split[0], mod[:, 2 * hidden:3 * hidden],
+                             mod[:, 3 * hidden:5 * hidden])
         u = _linear(m.reshape(r * n, hidden), fc1_w, fc1_b, lin[2], gelu=True)
-        m = _linear(u, fc2_w, fc2_b, lin[3]).view(r, n, hidden)
-        return kernels.residual_norm_op(h, m, mod[:, 5 * hidden:], mod_next)
+        return _product_norm(h, u, fc2_w, fc2_b, lin[3], split[1], mod[:, 5 * hidden:], mod_next)
+    o = _linear(o, proj_w, proj_b, lin[1]).view(r, n, hidden)
     ga, sm, cm, gm = mod[:, 2 * hidden:].float().unsqueeze(1).chunk(4, dim=-1)
     hf = h.float() + ga * o.float()
     m = (F.layer_norm(hf, (hidden,), eps=1e-6) * (1 + cm) + sm).to(dt)
@@ -115,6 +117,17 @@ def _sit_block(h: torch.Tensor, a: torch.Tensor, mod: torch.Tensor, mod_next: to
     m = _linear(u, fc2_w, fc2_b, lin[3]).view(r, n, hidden)
     hf = hf.to(h.dtype).float() + gm * m.float()
     return hf.to(h.dtype), _modulated_norm(hf, mod_next, dt)
+
+
+def _product_norm(h, x, w, b, lin: Optional[tuple], parts: int, gate, shift_scale):
+    """residual_norm(h, x·wᵀ + b): the product in ``parts`` split-K partial sums summed by the
+    norm pass, or a plain (or skinny) product."""
+    r, n, hidden = h.shape
+    if parts:
+        p = kernels.split_product(x, w, parts).view(parts, r, n, hidden)
+        return kernels.residual_norm_op(h, p, gate, shift_scale, bias=b)
+    o = _linear(x, w, b, lin).view(r, n, hidden)
+    return kernels.residual_norm_op(h, o, gate, shift_scale)
 
 
 def _sit_finish(a, w, b, x, ca, cb, cc, noise, cfg, guided: bool):
@@ -175,6 +188,7 @@ class SiTFast:
         self.runners: "OrderedDict[tuple, _FlowRunner]" = OrderedDict()
         self.velocities: "OrderedDict[tuple, FastVelocity]" = OrderedDict()
         self.lin_picks: dict = {}
+        self.split_cache: dict = {}
 
     def linear_picks(self, rows: int) -> Optional[tuple]:
         """Per product (qkv, proj, fc1, fc2) of a block, at ``rows`` token rows: None for cuBLAS
@@ -191,6 +205,19 @@ class SiTFast:
             self.lin_picks[rows] = picks if any(p is not None for p in picks) else None
         return self.lin_picks[rows]
 
+    def split_picks(self, rows: int) -> Optional[tuple]:
+        """Split-K parts for (proj, fc2) at ``rows`` token rows (0: plain; ``kernels.pick_split``,
+        timed once per process: CUDA, bf16, fused norm, at most ``kernels.SPLIT_MAX_ROWS`` rows)."""
+        if (self.device.type != "cuda" or not self.fused_norm or rows > kernels.SPLIT_MAX_ROWS
+                or not kernels.AVAILABLE):
+            return None
+        if rows not in self.split_cache:
+            h, f = self.hidden, self.blocks[0][4].shape[0]
+            picks = tuple(kernels.pick_split(rows, self.num_tokens, h, k, self.device, self.dtype,
+                                             self.residual) for k in (h, f))
+            self.split_cache[rows] = picks if any(picks) else None
+        return self.split_cache[rows]
+
     # -- pieces used by the runners
     def modulation(self, t: torch.Tensor, y_emb: torch.Tensor) -> torch.Tensor:
         return self.f_mod(t, y_emb, self.t_w0, self.t_b0, self.t_w2, self.t_b2, self.ada_w, self.ada_b)
@@ -203,12 +230,13 @@ class SiTFast:
         of what follows it (block i+1's shift and scale, or the final layer's), since each block
         ends with the next one's LayerNorm."""
         w6, w2 = 6 * self.hidden, 2 * self.hidden
-        lin = self.linear_picks(int(x.shape[0]) * int(x.shape[1]))
+        rows = int(x.shape[0]) * int(x.shape[1])
+        lin, split = self.linear_picks(rows), self.split_picks(rows)
         h, a = self.f_embed(x, self.x_w, self.x_b, self.pos, mods[:, :w2], self.residual)
         for i, weights in enumerate(self.blocks):
             nxt = (i + 1) * w6
             h, a = self.f_block(h, a, mods[:, i * w6:nxt], mods[:, nxt:nxt + w2], *weights,
-                                self.heads, self.attn, lin, self.fused_norm)
+                                self.heads, self.attn, lin, self.fused_norm, split)
         return a
 
     def finish(self, out_of_trunk, mods, x, ca, cb, cc, noise, cfg, guided: bool) -> torch.Tensor:
