@@ -26,7 +26,11 @@ SiT (flow matching)
       straight from the qkv product);
     - each residual add + LayerNorm + modulation is one Triton pass (``kernels.residual_norm``)
       where its check against PyTorch passes (then the block is not torch.compiled: nothing of
-      it is left for Inductor); otherwise the compiled expressions.
+      it is left for Inductor); otherwise the compiled expressions;
+    - at few token rows (batch 1: ≤ 128) a product feeding that pass (fc2; proj where it pays)
+      may run split over its reduction as one batched cuBLAS call of float32 partial sums,
+      which the pass adds with the bias (``kernels.pick_split`` times it per shape first): the
+      product is then never rounded to bf16.
     Not an exact rewrite: with bf16 weights (CUDA) the residual stream is *stored* in bf16 (its
     adds and LayerNorms in float32); ``SOFTVQ_RESIDUAL=fp32`` stores it in float32. Agreement
     with float32 for both is in docs/benchmarks.md (H200, 2026-12-02).
@@ -54,7 +58,8 @@ Switches: ``SOFTVQ_FAST=0`` turns the fast path off in ``sample``/``generate``;
 ``SOFTVQ_COMPILE=0`` keeps it but skips ``torch.compile``; ``SOFTVQ_CUDA_GRAPHS=0`` skips graphs;
 ``SOFTVQ_RESIDUAL=fp32|bf16`` the residual stream's storage; ``SOFTVQ_FUSED_NORM=0`` the Inductor
 LayerNorm passes instead of the Triton one; ``SOFTVQ_ATTENTION=...`` forces an attention kernel;
-``SOFTVQ_SKINNY=1`` lets ``kernels.pick_linear`` time skinny GEMMs for batch 1.
+``SOFTVQ_SKINNY=1`` lets ``kernels.pick_linear`` time skinny GEMMs for batch 1; ``SOFTVQ_SPLITK=0``
+keeps batch-1 products whole.
 """
 from .maskgit import sample_maskgit_fast
 from .runtime import (ATTENTION_PICKS, compile_enabled, fast_enabled, graphs_enabled, low_precision_copy,
