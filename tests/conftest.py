@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,42 @@ REFERENCE = Path(os.environ.get("SOFTVQ_REFERENCE", ROOT.parent / "shared" / "re
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def share_default_ssl_context() -> None:
+    """Build httpx's default SSL context once per process instead of for every client.
+
+    httpx.get/post/stream open a new client per call, and gradio_client opens several per request
+    (upload, send, stream, each download); each one reads certifi's CA bundle into a fresh SSL
+    context (~25 ms of CPU, more under thread contention). The tests only speak plain HTTP to
+    127.0.0.1, where the context is never used, yet it was ~2/3 of the test process's CPU in the
+    16-client load test, on the same 2 cores as the server. Only the default case (verification
+    on, no client certificate) is shared, keyed by the environment it reads; the settings are
+    unchanged."""
+    try:
+        from httpx._transports import default as transport
+    except ImportError:   # another httpx layout: stay correct, just slower
+        return
+    original = getattr(transport, "create_ssl_context", None)
+    if original is None or getattr(original, "shared", False):
+        return
+    contexts: dict = {}
+    lock = threading.Lock()
+
+    def create_ssl_context(verify=True, cert=None, trust_env=True):
+        if verify is not True or cert is not None:
+            return original(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        with lock:
+            if key not in contexts:
+                contexts[key] = original(verify=True, cert=None, trust_env=trust_env)
+            return contexts[key]
+
+    create_ssl_context.shared = True
+    transport.create_ssl_context = create_ssl_context
+
+
+share_default_ssl_context()
 
 # The embedded textscenes models (checkpoints/), used by the reliability and fault tests.
 CK = ROOT / "checkpoints"
@@ -178,11 +215,27 @@ def make_images(folder: Path) -> dict:
     p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     out["broken"] = p
     # a PNG whose header claims 30000×30000 pixels (a decompression bomb): refused before decoding
-    big = Image.new("L", (30000, 30000))
     p = folder / "huge.png"
-    big.save(p, optimize=False, compress_level=9)
+    p.write_bytes(huge_png())
     out["huge"] = p
     return out
+
+
+_HUGE_PNG: list = []
+
+
+def huge_png() -> bytes:
+    """A 30000×30000 grey PNG of zeros (0.9 MB), encoded once per session: saving it takes ~3.5 s
+    on 2 cores, and three app fixtures write the same file."""
+    if not _HUGE_PNG:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("L", (30000, 30000)).save(buf, format="PNG", optimize=False, compress_level=9)
+        _HUGE_PNG.append(buf.getvalue())
+    return _HUGE_PNG[0]
 
 
 @pytest.fixture(scope="session")
