@@ -296,10 +296,11 @@ def test_fused_norm_block_equals_the_unfused_block(tiny_sit, res_dtype):
         assert rel(x, y) < 1e-6
 
 
-def test_split_k_block_equals_the_fused_block(tiny_sit):
+def test_split_k_block_equals_the_fused_block(tiny_sit, monkeypatch):
     """proj and fc2 as split-K partial sums (``kernels.split_product``), summed with the bias by
     the norm pass that consumes them: the block computes what the fused block does, for every
-    split of either product; the partials alone sum to the plain product."""
+    split of either product (each split really taken); the partials alone sum to the plain
+    product."""
     f = fast.sit_fast(tiny_sit)
     g = torch.Generator().manual_seed(1)
     r, n, hidden = 2, 8, f.hidden
@@ -313,8 +314,18 @@ def test_split_k_block_equals_the_fused_block(tiny_sit):
     assert parts.shape == (4, r * n, hidden) and rel(parts.sum(0), x @ w.t()) < 1e-6
     fused = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, True)
     assert hidden % 4 == 0 and mlp % 8 == 0
+    taken: list = []
+    product = kernels.split_product
+
+    def counted(x, w, parts):
+        taken.append(parts)
+        return product(x, w, parts)
+
+    monkeypatch.setattr(kernels, "split_product", counted)
     for split in [(p, q) for p in (0, 2, 4) for q in (0, 2, 8)]:
+        taken.clear()
         out = fast_sit._sit_block(h, a, mod, mod_next, *f.blocks[0], f.heads, None, None, True, split)
+        assert taken == [p for p in split if p], split
         for got, want in zip(out, fused):
             assert rel(got, want) < 1e-5, split
 
